@@ -1,0 +1,16 @@
+"""scg: coagent networks as Pyro programs, compiled to exact local policy-gradient surrogates.
+
+References: Williams 1992; Thomas & Barto 2011; Schulman et al. 2015; Kostas, Nota & Thomas 2020.
+"""
+
+from .check import check
+from .derive import derive
+from .errors import ScgError
+from .estimator import Estimator, Output, compile
+from .primitives import (agents, coagent, cost, done, env, episodes, message, network, predict,
+                         reward, steps)
+from .render import render
+
+__all__ = ["agents", "check", "coagent", "compile", "cost", "derive", "done", "env", "episodes",
+           "Estimator", "message", "network", "Output", "predict", "render", "reward",
+           "ScgError", "steps"]

@@ -1,0 +1,74 @@
+"""Baselines b_s for the score terms. Each returns b with the shape of the relative returns R
+(``[n_sites, *batch]``) for one site group, and never reads the site's descendants.
+
+- ``none``: b = 0.
+- ``avg``: a decaying average of R per site, updated after use.
+- ``loo``: leave-one-out mean of R over the ``scg.episodes`` plate (needs N >= 2).
+- ``critic``: a learned critic of the coagent's local state (its distribution's parameters
+  and the step), trained by its own regression term, which has no gradient to the policy.
+"""
+
+import torch
+
+from .errors import ScgError
+
+KINDS = ("none", "avg", "loo", "critic")
+
+
+def none(est, group, R, sites, update):
+    return torch.zeros_like(R), None
+
+
+def avg(est, group, R, sites, update):
+    b = torch.stack([est.averages.get(n, R.new_zeros(())).to(R) for n in group.names])
+    b = b.reshape((-1,) + (1,) * (R.dim() - 1)).expand_as(R)
+    if update:
+        with torch.no_grad():
+            for k, n in enumerate(group.names):
+                mean = _masked_mean(R[k], sites[group.index[k]].mask)
+                old = est.averages.get(n)
+                est.averages[n] = mean if old is None else est.decay * old + (1 - est.decay) * mean
+    return b, None
+
+
+def loo(est, group, R, sites, update):
+    ep = [p for p in group.plates if p[3] == "episodes"]
+    if not ep or ep[-1][2] < 2:
+        raise ScgError(f"baseline='loo' needs site {group.names[0]!r} inside scg.episodes(N) "
+                       "with N >= 2")
+    _, dim, n, _ = ep[-1]
+    return (R.sum(dim, keepdim=True) - R) / (n - 1), None
+
+
+def critic(est, group, R, sites, update):
+    values, losses = [], []
+    for k, n in enumerate(group.names):
+        s = sites[group.index[k]]
+        v = est.critic_for(s)(features(s)).squeeze(-1)
+        values.append(v.detach())
+        err = (v - R[k].detach()) ** 2
+        losses.append((s.coagent, 0.5 * _masked_mean(err, s.mask)))
+    return torch.stack(values), losses
+
+
+def features(site):
+    """A site's local state for its critic: its distribution's parameters (detached) and t."""
+    fn, batch = site.fn, site.fn.batch_shape
+    parts = []
+    for key in sorted(fn.arg_constraints):
+        if key in fn.__dict__ and isinstance(fn.__dict__[key], torch.Tensor):
+            p = fn.__dict__[key].detach()
+            parts.append(p.expand(batch + p.shape[len(batch):]).reshape(batch + (-1,)))
+    ref = parts[0] if parts else site.value.detach().to(torch.get_default_dtype())
+    parts.append(torch.full(batch + (1,), float(site.time), dtype=ref.dtype, device=ref.device))
+    return torch.cat(parts, -1)
+
+
+def _masked_mean(x, mask):
+    if mask is None:
+        return x.mean()
+    m = mask.expand_as(x).to(x.dtype)
+    return (x * m).sum() / m.sum().clamp(min=1)
+
+
+RULES = {"none": none, "avg": avg, "loo": loo, "critic": critic}

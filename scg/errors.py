@@ -1,0 +1,5 @@
+"""The one exception type scg raises for bad input: it always names the site, coagent or argument."""
+
+
+class ScgError(ValueError):
+    """Bad input to scg: the message names the site (and step), coagent or argument at fault."""

@@ -1,0 +1,289 @@
+"""``scg.compile``: the estimator of a coagent network.
+
+Per call: run the model under a light recorder, look up the plan for the run's structure
+signature (analysing the structure once, by replaying the run with provenance tracking), then
+emit the surrogate. Its value is ``-(estimate of J)``; its gradient is ``-(estimate of grad J)``:
+
+    sum_c coef_c * c   +   sum_s kappa_s * log p(s) * (R_s - b_s).detach()
+
+(the score part and critic regressions enter with zero value, as ``x - x.detach()``).
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+
+from . import baselines as B
+from . import graph as G
+from . import plan as P
+from .errors import ScgError
+from .provenance import Analysis, Tracked
+from .trace import run
+
+OPTIONS = {
+    "gamma": 1.0,            # discount, in [0, 1]
+    "baseline": "none",      # none | avg | loo | critic
+    "objective": "sum",      # sum | mean (finite-horizon average reward: (1/T) sum_t)
+    "discount_score": True,  # False: seed 000's common rule without gamma^t_s (biased)
+    "decay": 0.9,            # the avg baseline's decay
+    "critic_hidden": 32,     # hidden units of each coagent's critic
+}
+
+
+@dataclass
+class Output:
+    """One sampled run: ``loss`` (backward it), ``local`` (one surrogate per coagent, summing
+    exactly to ``loss``), ``objective`` (the estimate of J, with its pathwise gradient) and
+    ``stats`` (plain numbers for logs)."""
+
+    loss: torch.Tensor
+    local: dict
+    objective: torch.Tensor
+    stats: dict = field(default_factory=dict)
+    value: object = None
+    sites: list = field(default_factory=list)
+
+
+def compile(model, **options):
+    """Compile ``model`` (an ``@scg.network`` function) into an :class:`Estimator`.
+
+    Options: ``gamma``, ``baseline`` (none, avg, loo, critic), ``objective`` (sum, mean),
+    ``discount_score`` (default True; False is seed 000's biased rule), ``decay``,
+    ``critic_hidden``.
+    """
+    return Estimator(model, **options)
+
+
+class Estimator(torch.nn.Module):
+    """Callable: ``est(*args)`` returns an :class:`Output` for one fresh run of the model."""
+
+    def __init__(self, model, **options):
+        super().__init__()
+        unknown = sorted(set(options) - set(OPTIONS))
+        if unknown:
+            raise ScgError(f"unknown compile option(s) {unknown}; valid: {sorted(OPTIONS)}")
+        if not getattr(model, "_scg_network", False):
+            raise ScgError(f"{getattr(model, '__name__', model)!r} is not an @scg.network function")
+        opts = {**OPTIONS, **options}
+        if not 0.0 <= float(opts["gamma"]) <= 1.0:
+            raise ScgError(f"gamma must be in [0, 1], got {opts['gamma']}")
+        if opts["baseline"] not in B.KINDS:
+            raise ScgError(f"unknown baseline {opts['baseline']!r}; valid: {list(B.KINDS)}")
+        if opts["objective"] not in ("sum", "mean"):
+            raise ScgError(f"unknown objective {opts['objective']!r}; valid: ['sum', 'mean']")
+        if not 0.0 <= float(opts["decay"]) < 1.0:
+            raise ScgError(f"decay must be in [0, 1), got {opts['decay']}")
+        self.model, self.options = model, opts
+        self.gamma, self.decay = float(opts["gamma"]), float(opts["decay"])
+        self.plans, self.averages, self.params = {}, {}, {}
+        self.critics = torch.nn.ModuleDict()
+        self.shared = {}
+        self.last_plan = None
+
+    # ---- public conveniences -------------------------------------------------------------
+    def forward(self, *args, **kwargs):
+        return self.run(args, kwargs)
+
+    def loss(self, *args, **kwargs):
+        """``-(estimate of J)`` of one fresh run, with the estimator's gradient."""
+        return self.run(args, kwargs).loss
+
+    def local_losses(self, *args, **kwargs):
+        """One surrogate per coagent of one fresh run; they sum exactly to the loss."""
+        return self.run(args, kwargs).local
+
+    def graph(self, *args, **kwargs):
+        """The dependency graph of a run with these arguments (the last analysed if none)."""
+        if args or kwargs:
+            sites, _ = run(self.model, args, kwargs)
+            return self.plan_for(sites, args, kwargs).graph
+        if self.last_plan is None:
+            raise ScgError("no structure analysed yet: call est.graph(*args)")
+        return self.last_plan.graph
+
+    def parameters(self, coagent=None, recurse=True):
+        """Model parameters reached from coagent ``coagent``'s sites (all coagents if None),
+        plus its critics' parameters. Known after the first call."""
+        if coagent is not None and coagent not in self.params:
+            raise ScgError(f"unknown coagent {coagent!r}; known: {sorted(self.params)}")
+        seen, out = set(), []
+        for c, ps in self.params.items():
+            if coagent is None or c == coagent:
+                out += [p for p in ps if id(p) not in seen and not seen.add(id(p))]
+        for key, m in self.critics.items():
+            if coagent is None or key.split("|")[0] == coagent:
+                out += list(m.parameters())
+        return iter(out)
+
+    def get_extra_state(self):
+        return {"averages": {k: v.clone() for k, v in self.averages.items()}}
+
+    def set_extra_state(self, state):
+        self.averages = dict(state["averages"])
+
+    # ---- analysis ------------------------------------------------------------------------
+    def plan_for(self, sites, args, kwargs):
+        """The plan for this run's structure: cached, or analysed now."""
+        sig = tuple(s.key for s in sites)
+        plan = self.plans.get(sig)
+        if plan is None:
+            plan = self.plans[sig] = self.analyse(sites, sig, args, kwargs)
+        self.last_plan = plan
+        return plan
+
+    def analyse(self, sites, sig, args, kwargs):
+        replay = {s.name: s.value for s in sites if s.role in ("message", "env")}
+        analysis = Analysis(replay)
+        with analysis:
+            self.model(*args, **kwargs)
+        if tuple(s.key for s in analysis.sites) != sig:
+            raise ScgError("the model's structure changed when replayed with the same sampled "
+                           "values: randomness outside scg sites? use scg.env for it")
+        g = G.build(sites, analysis.parents)
+        owner = self._find_parameters(sites)
+        return P.build(g, self.gamma, self.options["objective"],
+                       self.options["discount_score"], owner)
+
+    def _find_parameters(self, sites):
+        """theta_i per coagent by autograd reachability; owners of unlabelled cost terms."""
+        reach = {}
+        for s in sites:
+            if s.coagent is not None and s.role in ("message", "predict"):
+                lp = s.fn.log_prob(s.value.detach() if s.role == "message" else s.value)
+                reach.setdefault(s.coagent, {}).update(_leaves(lp))
+            elif s.coagent is not None:
+                reach.setdefault(s.coagent, {}).update(_leaves(s.value))
+        owner = {}
+        for s in sites:
+            if s.role == "cost" and s.coagent is None:
+                leaves = _leaves(s.value)
+                hits = [c for c, ps in reach.items() if leaves.keys() & ps.keys()]
+                if len(hits) > 1:
+                    raise ScgError(f"cost {s.name!r} reaches parameters of coagents {hits}: "
+                                   "say whose it is with scg.cost(..., coagent=...)")
+                owner[s.name] = hits[0] if hits else None
+        for c, ps in reach.items():
+            self.params.setdefault(c, {}).update(ps)
+        ids = {}
+        for c, ps in self.params.items():
+            for k in ps:
+                ids.setdefault(k, []).append(c)
+        self.shared = {k: cs for k, cs in ids.items() if len(cs) > 1}
+        return owner
+
+    def critic_for(self, site):
+        dim = B.features(site).shape[-1]
+        key = f"{site.coagent}|{dim}"
+        if key not in self.critics:
+            h = int(self.options["critic_hidden"])
+            self.critics[key] = torch.nn.Sequential(
+                torch.nn.Linear(dim, h), torch.nn.Tanh(), torch.nn.Linear(h, 1)).to(
+                device=site.value.device, dtype=B.features(site).dtype)
+        return self.critics[key]
+
+    # ---- emission ------------------------------------------------------------------------
+    def run(self, args, kwargs, *handlers, update=True):
+        sites, value = run(self.model, args, kwargs, *handlers)
+        plan = self.plan_for(sites, args, kwargs)
+        out = self.emit(sites, plan, update=update)
+        out.value, out.sites = value, sites
+        return out
+
+    def emit(self, sites, plan, update=True):
+        """The surrogate of one recorded run under ``plan``."""
+        if not plan.costs:
+            raise ScgError("the network emitted no reward, cost or predictor: nothing to optimise")
+        ref = _first_tensor(sites, plan)
+        T = plan.on(ref.device, ref.dtype)
+        n = len(plan.coagents)
+        C = [torch.stack([_cost(sites[i]) for i in g.index]) for g in plan.costs]
+        for g, c in zip(plan.costs, C):
+            _check_finite(g, c, sites)
+        per_cost = [c.flatten(1).sum(1) * k for c, k in zip(C, T["coef"])]
+        objective = sum(v.sum() for v in per_cost)
+        owned = objective.new_zeros(n)
+        unowned = objective.new_zeros(())
+        for v, o in zip(per_cost, T["cost_owner"]):
+            owned = owned.index_add(0, o.clamp(min=0), v * (o >= 0))
+            unowned = unowned + (v * (o < 0)).sum()
+        score = objective.new_zeros(n)
+        critic = objective.new_zeros(n)
+        rule = B.RULES[self.options["baseline"]]
+        for i, g in enumerate(plan.sites):
+            lp = torch.stack([_log_prob(sites[k]) for k in g.index])
+            R = lp.new_zeros(lp.shape)
+            for j in range(len(plan.costs)):
+                if (i, j) in T["weights"]:
+                    W, dims, view = T["weights"][(i, j)]
+                    c = C[j].detach()
+                    c = c.sum(dims, keepdim=True) if dims else c
+                    R = R + torch.tensordot(W, c.reshape((c.shape[0],) + view), dims=1)
+            b, reg = rule(self, g, R, sites, update)
+            kappa = T["kappa"][i].reshape((-1,) + (1,) * (R.dim() - 1))
+            term = (lp * (kappa * (R - b)).detach()).flatten(1).sum(1)
+            score = score.index_add(0, T["site_owner"][i], term - term.detach())
+            for coagent, r in reg or ():
+                critic = critic.index_add(0, torch.tensor([plan.coagents.index(coagent)],
+                                                          device=r.device), (r - r.detach())[None])
+        local_terms = owned + score - critic
+        loss = -(local_terms.sum() + unowned)
+        share = unowned / max(n, 1)
+        local = {c: -(local_terms[k] + share) for k, c in enumerate(plan.coagents)}
+        stats = {"return": objective.item(), "sites": len(sites)}
+        return Output(loss, local, objective, stats)
+
+
+def _leaves(t):
+    """Parameters (requires-grad leaves) that autograd reaches from ``t``, keyed by id."""
+    out, seen = {}, set()
+    stack = [t.grad_fn] if isinstance(t, torch.Tensor) and t.grad_fn is not None else []
+    if isinstance(t, torch.Tensor) and t.requires_grad and t.grad_fn is None:
+        out[id(t)] = t
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        if hasattr(fn, "variable"):
+            out[id(fn.variable)] = fn.variable
+        stack.extend(f for f, _ in fn.next_functions)
+    return out
+
+
+def _stale(x, name):
+    if isinstance(x, Tracked):
+        raise ScgError(f"site {name!r} uses a tensor tracked in an earlier analysis run; "
+                       "state kept between runs must be plain tensors")
+    return x
+
+
+def _masked(x, mask):
+    return x if mask is None else torch.where(mask, x, torch.zeros((), dtype=x.dtype,
+                                                                    device=x.device))
+
+
+def _log_prob(site):
+    return _stale(_masked(site.fn.log_prob(site.value.detach()), site.mask), site.name)
+
+
+def _cost(site):
+    if site.role == "predict":
+        v = site.infer["scg_weight"] * site.fn.log_prob(site.value)
+    else:
+        v = site.fn.v.expand(site.fn.batch_shape)
+        if not v.is_floating_point():
+            v = v.to(torch.get_default_dtype())
+    return _stale(_masked(v, site.mask), site.name)
+
+
+def _check_finite(group, c, sites):
+    if not torch.isfinite(c).all():
+        bad = [n for n, x in zip(group.names, c) if not torch.isfinite(x).all()][0]
+        s = sites[group.index[group.names.index(bad)]]
+        raise ScgError(f"{s.role} {bad!r} (step {s.time}) is NaN or infinite")
+
+
+def _first_tensor(sites, plan):
+    s = sites[plan.costs[0].index[0]]
+    v = s.fn.log_prob(s.value) if s.role == "predict" else s.fn.v
+    return v if v.is_floating_point() else v.to(torch.get_default_dtype())

@@ -1,0 +1,84 @@
+"""The dependency graph of a network: structure only, as a networkx DiGraph.
+
+Node attributes:
+    role: message, env, predict, reward or cost.
+    coagent: owning coagent or None.
+    time: the step index.
+    order: position in execution order.
+    plates: tuple of (name, dim, size, kind).
+    shape: the site's batch shape.
+    dist: the distribution's class name.
+    reparam: whether a message's gradient is pathwise.
+
+An edge u -> v means v's distribution (or a cost's value) was computed from u's value, or u's
+value escaped torch before v was emitted (the conservative fallback).
+"""
+
+import networkx as nx
+
+from .errors import ScgError
+from .primitives import COSTS, ROLES
+
+
+def build(sites, parents):
+    """The graph of one analysed run: ``sites`` in order and ``parents[name]`` from provenance."""
+    g = nx.DiGraph()
+    for i, s in enumerate(sites):
+        g.add_node(s.name, role=s.role, coagent=s.coagent, time=s.time, order=i,
+                   plates=s.plates, shape=tuple(s.fn.batch_shape), dist=type(s.fn).__name__,
+                   reparam=bool(s.infer.get("scg_reparam", False)))
+    for s in sites:
+        for p in parents.get(s.name, ()):
+            if p in g and p != s.name:
+                g.add_edge(p, s.name)
+    validate(g)
+    return g
+
+
+def validate(g):
+    """Check the invariants every pass relies on; raise naming the offending node."""
+    for n, a in g.nodes(data=True):
+        if a["role"] not in ROLES:
+            raise ScgError(f"node {n!r} has unknown role {a['role']!r}")
+        if a["role"] in COSTS and g.out_degree(n):
+            raise ScgError(f"cost {n!r} has children: costs are sinks")
+        if a["role"] == "message" and a["coagent"] is None:
+            raise ScgError(f"message {n!r} has no coagent")
+    for u, v in g.edges:
+        if g.nodes[u]["order"] >= g.nodes[v]["order"]:
+            raise ScgError(f"edge {u!r} -> {v!r} goes backwards in execution order")
+    if not nx.is_directed_acyclic_graph(g):
+        raise ScgError("the unrolled graph has a cycle")
+    return g
+
+
+def stochastic(g):
+    """Sites with a score term: messages that are not reparameterised."""
+    return [n for n, a in g.nodes(data=True) if a["role"] == "message" and not a["reparam"]]
+
+
+def costs(g):
+    """Rewards, predictors and cost terms, in execution order."""
+    return [n for n, a in g.nodes(data=True) if a["role"] in COSTS]
+
+
+def downstream_costs(g):
+    """The causal pass: for each stochastic site, the costs it can influence (its descendants).
+
+    Returns a new dict; the graph is not changed.
+    """
+    return {s: sorted((c for c in nx.descendants(g, s) if g.nodes[c]["role"] in COSTS),
+                      key=lambda c: g.nodes[c]["order"]) for s in stochastic(g)}
+
+
+def to_text(g):
+    """A readable listing: one line per node with its role, coagent, time and parents."""
+    lines = []
+    for n in sorted(g, key=lambda n: g.nodes[n]["order"]):
+        a = g.nodes[n]
+        who = f" [{a['coagent']}]" if a["coagent"] else ""
+        parents = ", ".join(sorted(g.predecessors(n), key=lambda p: g.nodes[p]["order"]))
+        plates = ",".join(p[0] for p in a["plates"])
+        lines.append(f"t={a['time']:<3} {a['role']:<8} {n}{who} ~ {a['dist']}{list(a['shape'])}"
+                     f"{' in ' + plates if plates else ''} <- {{{parents}}}")
+    return "\n".join(lines)

@@ -1,0 +1,205 @@
+"""What a user writes: networks, coagents, and the sites of a coagent network (design.md §1).
+
+Every site is a Pyro sample site, so models compose with ``poutine.trace``, ``replay``,
+``condition`` and ``pyro.plate``; scg's metadata rides in the site's ``infer`` dict
+(see :mod:`scg.runtime` for the keys).
+"""
+
+import functools
+
+import pyro
+import pyro.distributions as dist
+import torch
+
+from .errors import ScgError
+from .runtime import RunContext, active_plates, plate_shape, require_run
+
+ROLES = ("message", "env", "predict", "reward", "cost")
+COSTS = ("predict", "reward", "cost")
+
+
+def network(fn):
+    """Mark ``fn`` as a coagent network: each call runs inside its own :class:`RunContext`."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        with RunContext():
+            return fn(*args, **kwargs)
+
+    run._scg_network = True
+    return run
+
+
+def coagent(fn=None, *, name=None):
+    """Make a callable (function or ``nn.Module``) returning a distribution into a named coagent.
+
+    Distributions it returns are tagged, so ``scg.message("m", unit(x))`` needs no ``coagent=``.
+    Usable as ``@scg.coagent``, ``@scg.coagent(name="pi")`` or ``scg.coagent(module, name=...)``.
+    """
+    if fn is None:
+        return functools.partial(coagent, name=name)
+    label = name or getattr(fn, "__name__", None) or type(fn).__name__.lower()
+
+    if isinstance(fn, torch.nn.Module):
+        fn.register_forward_hook(lambda _m, _i, out: _tag(out, label))
+        fn._scg_coagent = label
+        return fn
+
+    @functools.wraps(fn)
+    def unit(*args, **kwargs):
+        return _tag(fn(*args, **kwargs), label)
+
+    unit._scg_coagent = label
+    return unit
+
+
+def _tag(d, label):
+    if not isinstance(d, torch.distributions.Distribution):
+        raise ScgError(f"coagent {label!r} must return a torch distribution, got {type(d).__name__}")
+    d._scg_coagent = label
+    return d
+
+
+def _check_name(name):
+    if not isinstance(name, str) or not name:
+        raise ScgError(f"site names must be non-empty strings, got {name!r}")
+    if "@" in name or "." in name:
+        raise ScgError(f"site name {name!r}: '@' and '.' are reserved (m@3 is step 3, m.exec an "
+                       "execution coagent)")
+
+
+def _site(name, fn, role, coagent=None, obs=None, **extra):
+    require_run(f"scg.{role}({name!r})")
+    infer = {"scg_role": role, "scg_coagent": coagent, "scg_plates": tuple(active_plates())}
+    infer.update(extra)
+    return pyro.sample(name, fn, obs=obs, infer=infer)
+
+
+def message(name, fn, coagent=None, execute=None, init=None, reparam=False):
+    """A coagent's stochastic output. Its value is detached unless ``reparam=True``.
+
+    Credit reaches the coagent through its score term ``log p(m | parents)``; with
+    ``reparam=True`` the value is a reparameterised sample and gradients flow pathwise instead.
+    """
+    _check_name(name)
+    if execute is not None or init is not None:
+        raise ScgError(f"message {name!r}: execute=/init= (asynchronous coagents) are not yet "
+                       "supported")
+    coagent = coagent or getattr(fn, "_scg_coagent", None)
+    if coagent is None:
+        raise ScgError(f"message {name!r} has no coagent: pass coagent='...' or build its "
+                       "distribution with an @scg.coagent unit")
+    if reparam and not fn.has_rsample:
+        raise ScgError(f"message {name!r}: reparam=True needs a reparameterisable distribution, "
+                       f"{type(fn).__name__} is not")
+    value = _site(name, fn, "message", coagent, scg_reparam=bool(reparam))
+    return value if reparam else value.detach()
+
+
+def env(name, fn):
+    """Environment randomness inside the model: no score term, but enumerable by ``check``."""
+    _check_name(name)
+    return _site(name, fn, "env").detach()
+
+
+def predict(name, fn, obs=None, coagent=None, weight=1.0):
+    """A predictor: ``weight * log p(obs)`` is a cost for upstream sites and a supervised term."""
+    _check_name(name)
+    if obs is None:
+        raise ScgError(f"predict {name!r} needs obs= (the value it predicts)")
+    coagent = coagent or getattr(fn, "_scg_coagent", None)
+    if coagent is None:
+        raise ScgError(f"predict {name!r} has no coagent: pass coagent='...'")
+    _site(name, fn, "predict", coagent, obs=obs, scg_weight=float(weight))
+    return obs
+
+
+def _value_site(name, value, role, coagent=None):
+    _check_name(name)
+    value = torch.as_tensor(value)
+    if not value.is_floating_point():
+        value = value.to(torch.get_default_dtype())
+    shape = plate_shape(active_plates())
+    try:
+        ok = torch.broadcast_shapes(value.shape, shape) == shape
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise ScgError(f"{role} {name!r} has shape {tuple(value.shape)}, but its plates imply "
+                       f"batch shape {tuple(shape)}")
+    fn = dist.Delta(value.expand(shape) if value.shape != shape else value)
+    _site(name, fn, role, coagent, obs=value)
+    return value
+
+
+def reward(name, value):
+    """An environment reward. It carries no gradient: a value that requires grad is an error."""
+    if isinstance(value, torch.Tensor) and value.requires_grad:
+        raise ScgError(f"reward {name!r} requires grad: rewards carry no gradient; use "
+                       "scg.cost for a differentiable objective term")
+    return _value_site(name, value, "reward")
+
+
+def cost(name, value, coagent=None):
+    """A differentiable objective term (pathwise gradient), also credited to upstream sites.
+
+    Its pathwise gradient belongs to ``coagent``'s local loss; if omitted, to the one coagent
+    whose parameters it reaches.
+    """
+    return _value_site(name, value, "cost", coagent)
+
+
+def done(mask):
+    """Per-episode termination: later sites and costs of finished episodes are masked out."""
+    run = require_run("scg.done")
+    mask = torch.as_tensor(mask)
+    if mask.dtype != torch.bool:
+        raise ScgError(f"scg.done needs a bool mask (True = finished), got {mask.dtype}")
+    episodes = [p for p in active_plates() if p[3] == "episodes"]
+    if not episodes:
+        raise ScgError("scg.done must be called inside scg.episodes(N)")
+    _, dim, size, _ = episodes[-1]
+    if mask.shape != (size,):
+        raise ScgError(f"scg.done mask has shape {tuple(mask.shape)}, expected ({size},)")
+    mask = mask.reshape((size,) + (1,) * (-dim - 1))
+    run.done = mask if run.done is None else run.done | mask
+
+
+class episodes(pyro.plate):
+    """A plate of independent episodes: estimates average over it."""
+
+    scg_kind = "episodes"
+
+    def __init__(self, size, name="episodes", dim=None):
+        super().__init__(name, size, dim=dim)
+
+
+class agents(pyro.plate):
+    """A plate of interacting agents: a cost at one index credits sites at all indices,
+    unless ``independent=True``."""
+
+    def __init__(self, size, name="agents", dim=None, independent=False):
+        super().__init__(name, size, dim=dim)
+        self.scg_kind = "independent" if independent else "agents"
+
+
+class steps:
+    """A sequential loop over time: ``for t in scg.steps(T)``. Sites inside are named ``name@t``."""
+
+    def __init__(self, T):
+        if not isinstance(T, int) or T < 0:
+            raise ScgError(f"scg.steps(T) needs a non-negative int, got {T!r}")
+        self.T = T
+
+    def __iter__(self):
+        run = require_run("scg.steps")
+        if run.in_steps:
+            raise ScgError("scg.steps loops cannot be nested")
+        start = run.t + 1 if run.steps_used else 0
+        run.in_steps, run.steps_used = True, True
+        try:
+            for t in range(start, start + self.T):
+                run.t = t
+                yield t
+        finally:
+            run.in_steps = False

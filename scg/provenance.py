@@ -1,0 +1,153 @@
+"""Provenance tracking with escape detection: which sites each site and cost depends on.
+
+A :class:`Tracked` tensor carries the set of sites its value was computed from through every
+torch op (as ``pyro.ops.provenance``). An empty set is not a proof of independence: a value
+that leaves torch (``.item()``, ``int()``, ``bool()``, ``.tolist()``, numpy, an in-place write
+into an untracked tensor) can come back untracked. Such an *escape* is intercepted, and every
+later site and cost of the run is then treated as downstream of the escaped sites.
+Provenance entries are ``(trace_id, site)`` pairs: a tensor kept from an earlier analysis run
+(say, by an environment between calls) is detected and refused.
+"""
+
+import itertools
+
+import pyro
+import torch
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.runtime import _PYRO_STACK
+from torch.utils._pytree import tree_flatten, tree_map
+
+from .errors import ScgError
+from .trace import Record
+
+_ESCAPES = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.numpy, torch.Tensor.__bool__,
+            torch.Tensor.__int__, torch.Tensor.__float__, torch.Tensor.__index__,
+            torch.Tensor.__complex__, torch.Tensor.__array__}
+_NEUTRAL = {torch.Tensor.__repr__, torch.Tensor.__format__, torch.Tensor.__str__}
+_trace_ids = itertools.count()
+
+
+class Tracked(torch.Tensor):
+    """A tensor with a provenance set of ``(trace_id, site_name)`` pairs."""
+
+    @staticmethod
+    def __new__(cls, data, provenance):
+        if not provenance:
+            return data
+        ret = data.as_subclass(cls)
+        ret._t, ret._prov = data, frozenset(provenance)
+        return ret
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        prov = provenance_of((args, kwargs))
+        plain_args, plain_kwargs = untrack((args, kwargs))
+        analysis = _current_analysis()
+        if analysis is not None:
+            analysis.observe(func, args, kwargs, prov)
+        ret = func(*plain_args, **plain_kwargs)
+        if func in _ESCAPES or func in _NEUTRAL:
+            return ret
+        if args and isinstance(args[0], Tracked) and _is_inplace(func):
+            args[0]._prov = args[0]._prov | prov
+            return args[0]
+        return tree_map(lambda x: Tracked(x, prov) if isinstance(x, torch.Tensor) else x, ret)
+
+
+def _is_inplace(func):
+    name = getattr(func, "__name__", "")
+    return name == "__setitem__" or (name.endswith("_") and not name.startswith("__")) or \
+        name.startswith("__i")
+
+
+def provenance_of(x):
+    """The union of the provenance sets of the tensors in a pytree."""
+    leaves, _ = tree_flatten(x)
+    prov = frozenset()
+    for leaf in leaves:
+        if isinstance(leaf, Tracked):
+            prov = prov | leaf._prov
+    return prov
+
+
+def untrack(x):
+    """The same pytree with plain tensors."""
+    return tree_map(lambda t: t._t if isinstance(t, Tracked) else t, x)
+
+
+def _current_analysis():
+    for frame in reversed(_PYRO_STACK):
+        if isinstance(frame, Analysis):
+            return frame
+    return None
+
+
+class Analysis(Record):
+    """Replay a run with provenance tracking; record each site's parents.
+
+    ``parents[name]`` is the set of site names it reads (for a site, through its
+    distribution's parameters; for a cost, through its value), the provenance of the done mask,
+    and every site whose value escaped before it.
+    """
+
+    def __init__(self, replay):
+        super().__init__()
+        self.id = next(_trace_ids)
+        self.replay = replay
+        self.parents = {}
+        self.escaped = set()
+        self.internal = False
+
+    def observe(self, func, args, kwargs, prov):
+        """Called on every op over tracked tensors: check staleness, record escapes."""
+        stale = {name for tid, name in prov if tid != self.id}
+        if stale:
+            raise ScgError(f"a tensor tracked in an earlier run (from site(s) {sorted(stale)}) "
+                           "was kept between runs: store plain values (e.g. .clone() outside "
+                           "the model) or pass state in as arguments")
+        if self.internal:
+            return
+        target = args[0] if args else None
+        escapes = func in _ESCAPES or (
+            _is_inplace(func) and not isinstance(target, Tracked) and prov) or (
+            isinstance(kwargs.get("out"), torch.Tensor) and not isinstance(kwargs["out"], Tracked))
+        if escapes:
+            self.escaped |= {name for _, name in prov}
+
+    def __enter__(self):
+        self._validation = pyro.validation_enabled(False)
+        self._validation.__enter__()
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        out = super().__exit__(*exc)
+        self._validation.__exit__(*exc)
+        return out
+
+    def _pyro_sample(self, msg):
+        if msg["infer"].get("scg_role") in ("message", "env") and not msg["is_observed"]:
+            if msg["name"] in self.replay:
+                msg["value"] = self.replay[msg["name"]]
+                msg["done"] = True
+
+    def _postprocess_message(self, msg):
+        infer = msg["infer"]
+        if msg["type"] != "sample" or "scg_role" not in infer:
+            return
+        super()._postprocess_message(msg)
+        self.internal = True
+        try:
+            if infer["scg_role"] in ("message", "env", "predict"):
+                value = untrack(msg["value"])
+                prov = provenance_of((msg["fn"].log_prob(value), msg["value"] if
+                                      infer["scg_role"] == "predict" else None))
+            else:
+                prov = provenance_of(msg["value"])
+            prov |= provenance_of(msg["mask"])
+        finally:
+            self.internal = False
+        name = msg["name"]
+        self.parents[name] = {n for _, n in prov} | self.escaped
+        if infer["scg_role"] in ("message", "env"):
+            msg["value"] = Tracked(untrack(msg["value"]), {(self.id, name)})

@@ -1,0 +1,85 @@
+"""Per-run state on Pyro's handler stack: the time index, site renaming, and ``done`` masks.
+
+Every call of an ``@scg.network`` function enters one :class:`RunContext`. Primitives are plain
+Pyro sample sites whose ``infer`` dict carries scg's metadata under these keys:
+
+Keys:
+    scg_role (str): ``"message"``, ``"env"``, ``"predict"``, ``"reward"`` or ``"cost"``.
+    scg_coagent (str or None): the coagent owning the site.
+    scg_time (int): the step the site belongs to (set here).
+    scg_base (str): the user's name, before ``@t`` is appended (set here).
+    scg_plates (dict): plate name -> kind, for scg's own plates (set by the plates).
+    scg_weight (float): a predictor's weight.
+    scg_reparam (bool): a message whose gradient flows pathwise instead of by its score.
+"""
+
+import torch
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.runtime import _PYRO_STACK
+
+from .errors import ScgError
+
+
+class RunContext(Messenger):
+    """Time and termination for one run of a network.
+
+    ``t`` is the current step (0 before and during the first step; sites after an
+    ``scg.steps`` loop keep the time of its last step). Inside a steps loop, site ``name``
+    becomes ``name@t``. ``done`` is the accumulated per-episode termination mask.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.t = 0
+        self.in_steps = False
+        self.steps_used = False
+        self.done = None  # bool tensor, broadcastable to the episodes plate, True = finished
+
+    def _process_message(self, msg):
+        infer = msg["infer"]
+        if msg["type"] != "sample" or "scg_role" not in infer:
+            return
+        infer["scg_base"] = msg["name"]
+        infer["scg_time"] = self.t
+        if self.in_steps:
+            msg["name"] = f"{msg['name']}@{self.t}"
+        if self.done is not None:
+            alive = ~self.done
+            msg["mask"] = alive if msg["mask"] is None else msg["mask"] & alive
+
+
+def current_run():
+    """The innermost :class:`RunContext`, or an error if no network is running."""
+    for frame in reversed(_PYRO_STACK):
+        if isinstance(frame, RunContext):
+            return frame
+    return None
+
+
+def require_run(what):
+    run = current_run()
+    if run is None:
+        raise ScgError(f"{what} must be called inside an @scg.network function")
+    return run
+
+
+def active_plates():
+    """The vectorised plates enclosing the current point: list of (name, dim, size, kind)."""
+    from pyro.poutine.indep_messenger import IndepMessenger
+
+    plates = []
+    for frame in _PYRO_STACK:
+        if isinstance(frame, IndepMessenger) and frame.dim is not None:
+            plates.append((frame.name, frame.dim, frame.size, getattr(frame, "scg_kind", "plate")))
+    return plates
+
+
+def plate_shape(plates):
+    """The batch shape the enclosing plates imply, right-aligned by plate dim."""
+    if not plates:
+        return torch.Size()
+    n = max(-dim for _, dim, _, _ in plates)
+    shape = [1] * n
+    for _, dim, size, _ in plates:
+        shape[dim] = size
+    return torch.Size(shape)

@@ -1,0 +1,113 @@
+"""Recording one run of a network: a light Pyro messenger that keeps scg's sites in order.
+
+This runs on every call of a compiled estimator, so it does no provenance or graph work.
+"""
+
+from dataclasses import dataclass
+
+from pyro.poutine.messenger import Messenger
+
+from .errors import ScgError
+
+
+@dataclass
+class Site:
+    """One scg site of one run.
+
+    Keys:
+        name: unique name in the run (``m@3`` inside steps).
+        role: message, env, predict, reward or cost.
+        coagent: owning coagent (None for env, reward, and unowned costs).
+        time: step index t.
+        fn: the distribution (plates already broadcast into it).
+        value: the sampled or observed value.
+        mask: bool mask from ``scg.done`` (None if none).
+        plates: tuple of (name, dim, size, kind).
+        infer: the site's infer dict (weight, reparam, ...).
+    """
+
+    name: str
+    role: str
+    coagent: object
+    time: int
+    fn: object
+    value: object
+    mask: object
+    plates: tuple
+    infer: dict
+
+    @property
+    def key(self):
+        """This site's part of the structure signature."""
+        return (self.name, self.role, self.coagent, self.time, tuple(self.fn.batch_shape),
+                self.plates, type(self.fn).__name__, self.mask is not None,
+                self.infer.get("scg_reparam", False))
+
+
+class Record(Messenger):
+    """Collect the scg sites of a run, in execution order."""
+
+    def __init__(self):
+        super().__init__()
+        self.sites = []
+        self.names = set()
+
+    def _postprocess_message(self, msg):
+        infer = msg["infer"]
+        if msg["type"] != "sample" or "scg_role" not in infer:
+            return
+        name = msg["name"]
+        if name in self.names:
+            raise ScgError(f"site name {infer['scg_base']!r} is used twice in step "
+                           f"{infer['scg_time']} (site {name!r})")
+        self.names.add(name)
+        self.sites.append(self.site(msg))
+
+    @staticmethod
+    def site(msg):
+        infer = msg["infer"]
+        return Site(msg["name"], infer["scg_role"], infer["scg_coagent"], infer["scg_time"],
+                    msg["fn"], msg["value"], msg["mask"], infer["scg_plates"], infer)
+
+
+class Fix(Messenger):
+    """Set latent scg sites (messages, env) to given values without making them observed.
+
+    Unlike ``poutine.condition`` the sites stay latent, so their score terms remain. A latent
+    site missing from ``values`` calls ``missing(msg)`` (which may raise to stop the run).
+    """
+
+    def __init__(self, values, missing=None):
+        super().__init__()
+        self.values = values
+        self.missing = missing
+
+    def _pyro_sample(self, msg):
+        if msg["infer"].get("scg_role") not in ("message", "env") or msg["is_observed"]:
+            return
+        if msg["name"] in self.values:
+            msg["value"] = self.values[msg["name"]]
+            msg["done"] = True
+        elif self.missing is not None:
+            self.missing(msg)
+
+
+def run(model, args, kwargs, *handlers):
+    """Run ``model`` under ``handlers`` (outermost first) and a :class:`Record`; return sites."""
+    record = Record()
+    fn = model
+    for h in reversed(handlers):
+        fn = h(fn) if not isinstance(h, Messenger) else _wrap(h, fn)
+    with record:
+        out = fn(*args, **kwargs)
+    return record.sites, out
+
+
+def _wrap(handler, fn):
+    def wrapped(*a, **k):
+        with handler:
+            return fn(*a, **k)
+    return wrapped
+
+
+__all__ = ["Site", "Record", "Fix", "run"]
