@@ -122,7 +122,12 @@ def trajectories(est: Estimator, args):
             K, batch = support.shape[0], fn.batch_shape
             flat = support.reshape((K, batch.numel()) + support.shape[1 + len(batch):])
             cols = torch.arange(batch.numel())
-            for combo in itertools.product(range(K), repeat=batch.numel()):
+            mask = b.msg["mask"]
+            alive = [True] * batch.numel() if mask is None else \
+                mask.expand(batch).flatten().tolist()
+            # a masked (finished) element is counted once, not once per possible value
+            choices = [range(K) if a else range(1) for a in alive]
+            for combo in itertools.product(*choices):
                 v = flat[torch.tensor(combo), cols].reshape(support.shape[1:])
                 stack.append({**values, name: v})
             continue

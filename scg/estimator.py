@@ -109,7 +109,7 @@ class Estimator(torch.nn.Module):
         seen, out = set(), []
         for c, ps in self.params.items():
             if coagent is None or c == coagent:
-                out += [p for p in ps if id(p) not in seen and not seen.add(id(p))]
+                out += [p for p in ps.values() if id(p) not in seen and not seen.add(id(p))]
         for key, m in self.critics.items():
             if coagent is None or key.split("|")[0] == coagent:
                 out += list(m.parameters())
