@@ -40,6 +40,8 @@ class Report:
     size: int = 0
     dtype: str = ""
     notes: list = field(default_factory=list)
+    exact: object = None      # the total exact gradient (enumeration) or FD derivatives
+    estimate: object = None   # the estimator's expectation, same layout
 
     @property
     def ok(self):
@@ -155,7 +157,8 @@ def enumerate_check(est, args, size):
         E = E - p.detach() * out.loss
         for c in Ei:
             Ei[c] = Ei[c] - p.detach() * out.local[c]
-    rows = [_row("total", _grad(J, allp), _grad(E, allp))]
+    exact, estimate = _grad(J, allp), _grad(E, allp)
+    rows = [_row("total", exact, estimate)]
     shared = set(est.shared)
     for c, ps in params.items():
         own = [p for p in ps if id(p) not in shared]
@@ -163,7 +166,8 @@ def enumerate_check(est, args, size):
             rows.append(_row(c, _grad(J, own), _grad(Ei[c], own)))
     dtype = allp[0].dtype if allp else torch.get_default_dtype()
     tol = 1e-8 if dtype == torch.float64 else 1e-4
-    return Report("enumerate", rows, tol, size, str(dtype).replace("torch.", ""))
+    return Report("enumerate", rows, tol, size, str(dtype).replace("torch.", ""),
+                  exact=exact, estimate=estimate)
 
 
 def _grad(y, params):
@@ -213,7 +217,7 @@ def fd_check(est, args, samples, directions, eps, seed=0):
     fd, mc = torch.tensor(fd, dtype=torch.float64), torch.tensor(mc, dtype=torch.float64)
     row = _row("total", fd, mc)
     return Report("fd", [row], 0.1, samples, str(flat.dtype).replace("torch.", ""),
-                  [f"{directions} random directions, {samples} runs each, eps={eps}"])
+                  [f"{directions} random directions, {samples} runs each, eps={eps}"], fd, mc)
 
 
 def _assign(params, flat):
