@@ -149,7 +149,8 @@ class Estimator(torch.nn.Module):
         reach = {}
         for s in sites:
             if s.coagent is not None and s.role in ("message", "predict"):
-                lp = s.fn.log_prob(s.value.detach() if s.role == "message" else s.value)
+                lp = s.fn.log_prob(s.value.detach()) if s.role == "message" else \
+                    _predictor_log_prob(s)
                 reach.setdefault(s.coagent, {}).update(_leaves(lp))
             elif s.coagent is not None:
                 reach.setdefault(s.coagent, {}).update(_leaves(s.value))
@@ -268,12 +269,20 @@ def _log_prob(site):
 
 def _cost(site):
     if site.role == "predict":
-        v = site.infer["scg_weight"] * site.fn.log_prob(site.value)
+        v = site.infer["scg_weight"] * _predictor_log_prob(site)
     else:
         v = site.fn.v.expand(site.fn.batch_shape)
         if not v.is_floating_point():
             v = v.to(torch.get_default_dtype())
     return _stale(_masked(v, site.mask), site.name)
+
+
+def _predictor_log_prob(site):
+    try:
+        return site.fn.log_prob(site.value)
+    except ValueError as e:
+        raise ScgError(f"predict {site.name!r} (step {site.time}): obs is NaN or outside the "
+                       f"support: {e}") from None
 
 
 def _check_finite(group, c, sites):
@@ -285,5 +294,5 @@ def _check_finite(group, c, sites):
 
 def _first_tensor(sites, plan):
     s = sites[plan.costs[0].index[0]]
-    v = s.fn.log_prob(s.value) if s.role == "predict" else s.fn.v
+    v = _predictor_log_prob(s) if s.role == "predict" else s.fn.v
     return v if v.is_floating_point() else v.to(torch.get_default_dtype())
