@@ -3,13 +3,13 @@
 References: Williams 1992; Thomas & Barto 2011; Schulman et al. 2015; Kostas, Nota & Thomas 2020.
 """
 
-from .check import check
-from .derive import derive
+from .checking import check
+from .derivation import derive
 from .errors import ScgError
 from .estimator import Estimator, Output, compile
 from .primitives import (agents, coagent, cost, done, env, episodes, message, network, predict,
                          reward, steps)
-from .render import render
+from .rendering import render
 
 __all__ = ["agents", "check", "coagent", "compile", "cost", "derive", "done", "env", "episodes",
            "Estimator", "message", "network", "Output", "predict", "render", "reward",
