@@ -7,8 +7,19 @@ from .checking import check
 from .derivation import derive
 from .errors import ScgError
 from .estimator import Estimator, Output, compile
-from .primitives import (agents, coagent, cost, done, env, episodes, message, network, predict,
-                         reward, steps)
+from .primitives import (
+                         agents,
+                         coagent,
+                         cost,
+                         done,
+                         env,
+                         episodes,
+                         message,
+                         network,
+                         predict,
+                         reward,
+                         steps,
+)
 from .rendering import render
 
 __all__ = ["agents", "check", "coagent", "compile", "cost", "derive", "done", "env", "episodes",

@@ -42,7 +42,7 @@ def loo(est, group, R, sites, update):
 
 def critic(est, group, R, sites, update):
     values, losses = [], []
-    for k, n in enumerate(group.names):
+    for k, _n in enumerate(group.names):
         s = sites[group.index[k]]
         v = est.critic_for(s)(features(s)).squeeze(-1)
         values.append(v.detach())

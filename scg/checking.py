@@ -19,6 +19,7 @@ from .estimator import Estimator, compile
 from .trace import Fix, run
 
 LATENT = ("message", "env")
+ZERO = 1e-6  # a coagent's exact gradient below ZERO * |total gradient| counts as zero
 
 
 @dataclass
@@ -159,11 +160,12 @@ def enumerate_check(est, args, size):
             Ei[c] = Ei[c] - p.detach() * out.local[c]
     exact, estimate = _grad(J, allp), _grad(E, allp)
     rows = [_row("total", exact, estimate)]
+    floor = ZERO * rows[0].norm_exact
     shared = set(est.shared)
     for c, ps in params.items():
         own = [p for p in ps if id(p) not in shared]
         if own:
-            rows.append(_row(c, _grad(J, own), _grad(Ei[c], own)))
+            rows.append(_row(c, _grad(J, own), _grad(Ei[c], own), floor))
     dtype = allp[0].dtype if allp else torch.get_default_dtype()
     tol = 1e-8 if dtype == torch.float64 else 1e-4
     return Report("enumerate", rows, tol, size, str(dtype).replace("torch.", ""),
@@ -180,9 +182,13 @@ def _grad(y, params):
                       for g, p in zip(gs, params)]).double()
 
 
-def _row(name, exact, estimate):
+def _row(name, exact, estimate, floor=0.0):
+    """Agreement of two gradients. A coagent whose exact gradient is numerically zero (below
+    ``floor``, a tiny fraction of the total gradient's norm) is measured against ``floor``:
+    its relative error would otherwise compare rounding noise with rounding noise."""
     ne, nm = exact.norm().item(), estimate.norm().item()
-    err = (estimate - exact).norm().item() / max(ne, 1e-300) if ne > 0 else nm
+    scale = max(ne, floor)
+    err = (estimate - exact).norm().item() / scale if scale > 0 else nm
     cos = (exact @ estimate).item() / (ne * nm) if ne > 0 and nm > 0 else float(ne == nm)
     return Row(name, cos, err, ne, nm)
 

@@ -1,4 +1,4 @@
-"""The one exception type scg raises for bad input: it always names the site, coagent or argument."""
+"""The one exception type scg raises for bad input; it names the site, coagent or argument."""
 
 
 class ScgError(ValueError):

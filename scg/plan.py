@@ -44,7 +44,7 @@ def _reduction(cost_key, site_key):
     site_shape, site_plates = site_key
     shared = {p[0] for p in site_plates if p[3] in ELEMENTWISE}
     dims, reduced = [], list(shape)
-    for name, dim, size, kind in plates:
+    for name, dim, _size, _kind in plates:
         if -dim <= len(shape) and shape[dim] > 1 and name not in shared:
             dims.append(dim)
             reduced[dim] = 1

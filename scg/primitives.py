@@ -55,7 +55,8 @@ def coagent(fn=None, *, name=None):
 
 def _tag(d, label):
     if not isinstance(d, torch.distributions.Distribution):
-        raise ScgError(f"coagent {label!r} must return a torch distribution, got {type(d).__name__}")
+        raise ScgError(f"coagent {label!r} must return a torch distribution, "
+                       f"got {type(d).__name__}")
     d._scg_coagent = label
     return d
 

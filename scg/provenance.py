@@ -13,7 +13,6 @@ import itertools
 
 import pyro
 import torch
-from pyro.poutine.messenger import Messenger
 from pyro.poutine.runtime import _PYRO_STACK
 from torch.utils._pytree import tree_flatten, tree_map
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import scg
-from scg import rendering as R
 from networks import REGISTRY, lin
+from scg import rendering as R
 
 
 def test_analysis_is_cached_per_structure(monkeypatch):

@@ -20,7 +20,7 @@ def test_site_name_twice_in_one_step():
     @scg.network
     def model(s):
         with scg.episodes(2):
-            for t in scg.steps(2):
+            for _t in scg.steps(2):
                 scg.message("m", one(s), coagent="f")
                 scg.message("m", one(s), coagent="f")
                 scg.reward("r", torch.zeros(2))
@@ -54,8 +54,8 @@ def test_predictor_not_finite():
     def model(s):
         with scg.episodes(2):
             scg.message("m", one(s), coagent="f")
-            scg.predict("p", dist.Normal(torch.zeros(2), 1.0), obs=torch.tensor([0.0, float("nan")]),
-                        coagent="f")
+            scg.predict("p", dist.Normal(torch.zeros(2), 1.0),
+                        obs=torch.tensor([0.0, float("nan")]), coagent="f")
     with pytest.raises(scg.ScgError, match="predict 'p'.*NaN"):
         scg.compile(model)(torch.zeros(2))
 

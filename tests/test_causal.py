@@ -4,9 +4,9 @@ import pytest
 import torch
 
 import scg
+from networks import REGISTRY
 from scg import graph as G
 from scg.trace import Fix, run
-from networks import REGISTRY
 
 
 def observe(site):

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import scg
-from scg.baselines import KINDS
 from networks import REGISTRY
+from scg.baselines import KINDS
 
 
 def warm(est, args, n=5):
