@@ -12,9 +12,12 @@ def rules(g, gamma=1.0, baseline="none", discount_score=True):
         parents = sorted(g.predecessors(s), key=lambda p: g.nodes[p]["order"]) or ["(inputs)"]
         credited = " + ".join(f"γ^{g.nodes[c]['time'] - a['time']}·{c}" for c in down[s]) or "0"
         disc = f"γ^{a['time']}·" if discount_score else ""
+        ex = a.get("execute")
+        bit = {None: "", "always": "", "bit": "e·"}.get(ex, f"{ex}·")
+        held = "  (held where the bit is 0: no term)" if bit else ""
         out.setdefault(a["coagent"], []).append(
-            f"  {disc}∇ log π({s} | {', '.join(parents)}) · (G − b),  G = {credited},  "
-            f"b: {baseline}")
+            f"  {disc}{bit}∇ log π({s} | {', '.join(parents)}) · (G − b),  G = {credited},  "
+            f"b: {baseline}{held}")
     for c in G.costs(g):
         a = g.nodes[c]
         if a["role"] == "predict":

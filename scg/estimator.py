@@ -18,6 +18,7 @@ from . import graph as G
 from . import plan as P
 from .errors import ScgError
 from .provenance import Analysis, Tracked
+from .recurrence import roll
 from .trace import run
 
 OPTIONS = {
@@ -77,6 +78,7 @@ class Estimator(torch.nn.Module):
         self.gamma, self.decay = float(opts["gamma"]), float(opts["decay"])
         self.plans, self.averages, self.params = {}, {}, {}
         self.critics = torch.nn.ModuleDict()
+        self.critic_owner = {}  # critic key -> coagent
         self.shared = {}
         self.last_plan = None
 
@@ -101,6 +103,11 @@ class Estimator(torch.nn.Module):
             raise ScgError("no structure analysed yet: call est.graph(*args)")
         return self.last_plan.graph
 
+    def rolled_graph(self, *args, **kwargs):
+        """The rolled graph (one node per site name, back edges to earlier steps): see
+        :func:`scg.recurrence.roll`."""
+        return roll(self.graph(*args, **kwargs))
+
     def parameters(self, coagent=None, recurse=True):
         """Model parameters reached from coagent ``coagent``'s sites (all coagents if None),
         plus its critics' parameters. Known after the first call."""
@@ -111,7 +118,7 @@ class Estimator(torch.nn.Module):
             if coagent is None or c == coagent:
                 out += [p for p in ps.values() if id(p) not in seen and not seen.add(id(p))]
         for key, m in self.critics.items():
-            if coagent is None or key.split("|")[0] == coagent:
+            if coagent is None or self.critic_owner.get(key) == coagent:
                 out += list(m.parameters())
         return iter(out)
 
@@ -174,7 +181,8 @@ class Estimator(torch.nn.Module):
 
     def critic_for(self, site):
         dim = B.features(site).shape[-1]
-        key = f"{site.coagent}|{dim}"
+        key = f"{site.coagent}|{dim}".replace(".", ":")  # module names cannot hold "."
+        self.critic_owner[key] = site.coagent
         if key not in self.critics:
             h = int(self.options["critic_hidden"])
             self.critics[key] = torch.nn.Sequential(

@@ -9,6 +9,10 @@ Node attributes:
     shape: the site's batch shape.
     dist: the distribution's class name.
     reparam: whether a message's gradient is pathwise.
+    execute: an asynchronous unit's execution source (its ``name.exec`` site, "bit" or
+        "always"); None for synchronous sites.
+    execution_of: on an execution coagent's site, the base name of the unit it drives.
+    base: the user's site name without ``@t``.
 
 An edge u -> v means v's distribution (or a cost's value) was computed from u's value, or u's
 value escaped torch before v was emitted (the conservative fallback).
@@ -26,13 +30,22 @@ def build(sites, parents):
     for i, s in enumerate(sites):
         g.add_node(s.name, role=s.role, coagent=s.coagent, time=s.time, order=i,
                    plates=s.plates, shape=tuple(s.fn.batch_shape), dist=type(s.fn).__name__,
-                   reparam=bool(s.infer.get("scg_reparam", False)))
+                   reparam=bool(s.infer.get("scg_reparam", False)),
+                   execute=_execute(s), execution_of=s.infer.get("scg_execution_of"),
+                   base=s.infer.get("scg_base", s.name))
     for s in sites:
         for p in parents.get(s.name, ()):
             if p in g and p != s.name:
                 g.add_edge(p, s.name)
     validate(g)
     return g
+
+
+def _execute(site):
+    src = site.infer.get("scg_execute")
+    if src is None or src in ("bit", "always"):
+        return src
+    return f"{src}@{site.time}" if "@" in site.name else src
 
 
 def validate(g):

@@ -11,8 +11,9 @@ import pyro
 import pyro.distributions as dist
 import torch
 
+from .asynchrony import asynchronous_message
 from .errors import ScgError
-from .runtime import RunContext, active_plates, plate_shape, require_run
+from .runtime import RunContext, active_plates, plate_shape, require_run, sample_site
 
 ROLES = ("message", "env", "predict", "reward", "cost")
 COSTS = ("predict", "reward", "cost")
@@ -69,23 +70,14 @@ def _check_name(name):
                        "execution coagent)")
 
 
-def _site(name, fn, role, coagent=None, obs=None, **extra):
-    require_run(f"scg.{role}({name!r})")
-    infer = {"scg_role": role, "scg_coagent": coagent, "scg_plates": tuple(active_plates())}
-    infer.update(extra)
-    return pyro.sample(name, fn, obs=obs, infer=infer)
-
-
 def message(name, fn, coagent=None, execute=None, init=None, reparam=False):
     """A coagent's stochastic output. Its value is detached unless ``reparam=True``.
 
     Credit reaches the coagent through its score term ``log p(m | parents)``; with
     ``reparam=True`` the value is a reparameterised sample and gradients flow pathwise instead.
+    ``execute``/``init`` make the unit asynchronous (:mod:`scg.asynchrony`).
     """
     _check_name(name)
-    if execute is not None or init is not None:
-        raise ScgError(f"message {name!r}: execute=/init= (asynchronous coagents) are not yet "
-                       "supported")
     coagent = coagent or getattr(fn, "_scg_coagent", None)
     if coagent is None:
         raise ScgError(f"message {name!r} has no coagent: pass coagent='...' or build its "
@@ -93,14 +85,16 @@ def message(name, fn, coagent=None, execute=None, init=None, reparam=False):
     if reparam and not fn.has_rsample:
         raise ScgError(f"message {name!r}: reparam=True needs a reparameterisable distribution, "
                        f"{type(fn).__name__} is not")
-    value = _site(name, fn, "message", coagent, scg_reparam=bool(reparam))
-    return value if reparam else value.detach()
+    if execute is None and init is None:
+        value = sample_site(name, fn, "message", coagent, scg_reparam=bool(reparam))
+        return value if reparam else value.detach()
+    return asynchronous_message(name, fn, coagent, execute, init, reparam)
 
 
 def env(name, fn):
     """Environment randomness inside the model: no score term, but enumerable by ``check``."""
     _check_name(name)
-    return _site(name, fn, "env").detach()
+    return sample_site(name, fn, "env").detach()
 
 
 def predict(name, fn, obs=None, coagent=None, weight=1.0):
@@ -111,11 +105,11 @@ def predict(name, fn, obs=None, coagent=None, weight=1.0):
     coagent = coagent or getattr(fn, "_scg_coagent", None)
     if coagent is None:
         raise ScgError(f"predict {name!r} has no coagent: pass coagent='...'")
-    _site(name, fn, "predict", coagent, obs=obs, scg_weight=float(weight))
+    sample_site(name, fn, "predict", coagent, obs=obs, scg_weight=float(weight))
     return obs
 
 
-def _value_site(name, value, role, coagent=None):
+def _valuesample_site(name, value, role, coagent=None):
     _check_name(name)
     value = torch.as_tensor(value)
     if not value.is_floating_point():
@@ -129,7 +123,7 @@ def _value_site(name, value, role, coagent=None):
         raise ScgError(f"{role} {name!r} has shape {tuple(value.shape)}, but its plates imply "
                        f"batch shape {tuple(shape)}")
     fn = dist.Delta(value.expand(shape) if value.shape != shape else value)
-    _site(name, fn, role, coagent, obs=value)
+    sample_site(name, fn, role, coagent, obs=value)
     return value
 
 
@@ -138,7 +132,7 @@ def reward(name, value):
     if isinstance(value, torch.Tensor) and value.requires_grad:
         raise ScgError(f"reward {name!r} requires grad: rewards carry no gradient; use "
                        "scg.cost for a differentiable objective term")
-    return _value_site(name, value, "reward")
+    return _valuesample_site(name, value, "reward")
 
 
 def cost(name, value, coagent=None):
@@ -147,7 +141,7 @@ def cost(name, value, coagent=None):
     Its pathwise gradient belongs to ``coagent``'s local loss; if omitted, to the one coagent
     whose parameters it reaches.
     """
-    return _value_site(name, value, "cost", coagent)
+    return _valuesample_site(name, value, "cost", coagent)
 
 
 def done(mask):

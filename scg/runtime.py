@@ -11,8 +11,12 @@ Keys:
     scg_plates (dict): plate name -> kind, for scg's own plates (set by the plates).
     scg_weight (float): a predictor's weight.
     scg_reparam (bool): a message whose gradient flows pathwise instead of by its score.
+    scg_execute (str): an asynchronous unit's execution source: its ``name.exec`` site,
+        ``"bit"`` (another coagent's bit) or ``"always"``.
+    scg_execution_of (str): on an execution coagent's site, the unit it drives.
 """
 
+import pyro
 import torch
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.runtime import _PYRO_STACK
@@ -34,6 +38,7 @@ class RunContext(Messenger):
         self.in_steps = False
         self.steps_used = False
         self.done = None  # bool tensor, broadcastable to the episodes plate, True = finished
+        self.previous = {}  # asynchronous unit's base name -> its last output
 
     def _process_message(self, msg):
         infer = msg["infer"]
@@ -83,3 +88,11 @@ def plate_shape(plates):
     for _, dim, size, _ in plates:
         shape[dim] = size
     return torch.Size(shape)
+
+
+def sample_site(name, fn, role, coagent=None, obs=None, **extra):
+    """A Pyro sample site carrying scg's metadata in its ``infer`` dict."""
+    require_run(f"scg.{role}({name!r})")
+    infer = {"scg_role": role, "scg_coagent": coagent, "scg_plates": tuple(active_plates())}
+    infer.update(extra)
+    return pyro.sample(name, fn, obs=obs, infer=infer)

@@ -204,3 +204,70 @@ def replicas():
                             coagent="f")
             scg.reward("r", a * torch.tensor([[1.0], [-2.0]]))
     return model, (torch.tensor([0, 1]),), {}
+
+
+# ---- asynchronous units (issue 3): execution coagents, execution bits, recurrence ----------
+
+@register
+def async_fixed():
+    """A unit executing with fixed probability 0.6 over two steps, read at the second step by
+    a synchronous unit; gamma < 1 and a predictor of the state from the held output."""
+    f, g, q = lin(2, 2), lin(2, 1), lin(2, 1)
+
+    @scg.network
+    def model(s):
+        N = s.shape[0]
+        with scg.episodes(N):
+            for t in scg.steps(2):
+                m = scg.message("m", dist.Categorical(logits=f(oh(s, 2))), coagent="f",
+                                execute=torch.full((N,), 0.6))
+                scg.predict("p", dist.Normal(q(oh(m, 2)).squeeze(-1), 1.0), obs=s, coagent="g")
+                if t == 1:
+                    a = scg.message("a", dist.Bernoulli(logits=g(oh(m, 2)).squeeze(-1)),
+                                    coagent="g")
+                    scg.reward("r", (a == s).double())
+                scg.reward("rm", 0.5 * (m == s).double())
+    return model, (torch.tensor([0., 1.]),), {"gamma": 0.7}
+
+
+@register
+def async_learnable():
+    """Learnable execution probability depending on the state; init= gives the first output."""
+    f, e = lin(2, 1), lin(2, 1)
+
+    @scg.network
+    def model(s):
+        N = s.shape[0]
+        with scg.episodes(N):
+            for t in scg.steps(2):
+                p = torch.sigmoid(e(oh(s, 2))).squeeze(-1)
+                m = scg.message("m", dist.Bernoulli(logits=f(oh(s, 2)).squeeze(-1)),
+                                coagent="f", execute=p, init=torch.ones(N))
+                scg.reward("r", (m == s).double() - 0.2 * t * m)
+    return model, (torch.tensor([0., 1.]),), {"gamma": 0.9}
+
+
+@register
+def async_bit():
+    """Options: a termination unit's bit drives the policy over options; the intra-option
+    policy reads the option and the previous action (the option-critic's three units)."""
+    beta, over, intra = lin(3, 1), lin(2, 2), lin(4, 1)
+
+    @scg.network
+    def model(s):
+        N = s.shape[0]
+        with scg.episodes(N):
+            w = torch.zeros(N, dtype=torch.long)
+            act = torch.zeros(N)
+            for t in scg.steps(2):
+                if t == 0:  # the first option is always chosen
+                    fire = torch.ones(N, dtype=torch.bool)
+                else:
+                    fire = scg.message("term", dist.Bernoulli(logits=beta(torch.cat(
+                        [oh(w, 2), s[:, None]], -1)).squeeze(-1)), coagent="beta").bool()
+                w = scg.message("w", dist.Categorical(logits=over(oh(s, 2))), coagent="over",
+                                execute=fire)
+                act = scg.message("act", dist.Bernoulli(logits=intra(torch.cat(
+                    [oh(w, 2), oh(act, 2)], -1)).squeeze(-1)), coagent="intra")
+                scg.reward("r", (act == s).double() + 0.3 * (w == 1).double())
+    return model, (torch.tensor([0., 1.]),), {"gamma": 0.8}

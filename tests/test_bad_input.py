@@ -131,11 +131,69 @@ def test_reserved_characters(name):
         scg.compile(model)(torch.zeros(2))
 
 
-def test_execute_not_yet_supported():
+def test_execute_outside_steps():
     @scg.network
     def model(s):
-        scg.message("m", one(s), coagent="f", execute=torch.tensor(0.5))
-    with pytest.raises(scg.ScgError, match="message 'm': execute=.*not yet supported"):
+        with scg.episodes(2):
+            scg.message("m", one(s), coagent="f", execute=torch.tensor(0.5))
+    with pytest.raises(scg.ScgError, match="message 'm': execute=/init= need .*scg.steps"):
+        scg.compile(model)(torch.zeros(2))
+
+
+def async_model(execute=None, init=None, batch=2):
+    @scg.network
+    def model(s):
+        with scg.episodes(batch):
+            for _ in scg.steps(2):
+                m = scg.message("m", one(s), coagent="f", execute=execute, init=init)
+                scg.reward("r", m)
+    return model
+
+
+@pytest.mark.parametrize("p", [1.5, -0.1, float("nan"), float("inf")])
+def test_execution_probability_out_of_range(p):
+    model = async_model(execute=torch.tensor([0.5, p]))
+    with pytest.raises(scg.ScgError, match=r"message 'm' \(step 0\): execution probability "
+                                           r"must be finite and in \[0, 1\]"):
+        scg.compile(model)(torch.zeros(2))
+
+
+def test_execution_bit_wrong_shape():
+    model = async_model(execute=torch.ones(3, dtype=torch.bool))
+    with pytest.raises(scg.ScgError, match=r"message 'm' \(step 0\): execute= has shape "
+                                           r"\(3,\)"):
+        scg.compile(model)(torch.zeros(2))
+
+
+def test_execution_bit_not_bool():
+    model = async_model(execute=torch.tensor([1, 0]))
+    with pytest.raises(scg.ScgError, match=r"message 'm' \(step 0\): execute= has dtype "
+                                           r"torch.int64.*bool"):
+        scg.compile(model)(torch.zeros(2))
+
+
+def test_execute_of_wrong_type():
+    model = async_model(execute="always")
+    with pytest.raises(scg.ScgError, match="message 'm' .*probability .* or an execution bit"):
+        scg.compile(model)(torch.zeros(2))
+
+
+def test_init_wrong_shape():
+    model = async_model(execute=torch.full((2,), 0.5), init=torch.zeros(3))
+    with pytest.raises(scg.ScgError, match=r"message 'm' \(step 0\): init= has shape \(3,\)"):
+        scg.compile(model)(torch.zeros(2))
+
+
+def test_previous_output_of_another_shape():
+    @scg.network
+    def model(s):
+        for t in scg.steps(2):
+            with scg.episodes(2 + t):
+                m = scg.message("m", dist.Bernoulli(logits=torch.zeros(2 + t)), coagent="f",
+                                execute=torch.full((2 + t,), 0.5))
+                scg.reward("r", m)
+    with pytest.raises(scg.ScgError, match=r"message 'm' \(step 1\): its previous output has "
+                                           r"shape \(2,\)"):
         scg.compile(model)(torch.zeros(2))
 
 

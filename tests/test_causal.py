@@ -10,17 +10,29 @@ from scg.trace import Fix, run
 
 
 def observe(site):
-    """What a site contributes: a latent site's log-probability, a cost's value."""
+    """What a site contributes: a latent site's (masked) log-probability, a cost's value."""
     if site.role in ("message", "env"):
-        return site.fn.log_prob(site.value.detach()).detach()
+        lp = site.fn.log_prob(site.value.detach()).detach()
+        return lp if site.mask is None else torch.where(site.mask, lp, 0.0)
     if site.role == "predict":
         return site.fn.log_prob(site.value).detach()
     return site.fn.v.detach()
 
 
-def brute_force_downstream(model, args):
+def brute_force_downstream(model, args, draws=6):
     """Set each latent site to every other value of its support, keep every other latent
-    value, and see which sites change; the transitive closure gives downstream costs."""
+    value, and see which sites change; the transitive closure gives downstream costs. The
+    union over several sampled runs: whether a change shows can depend on the other values
+    (a held asynchronous unit hides its draw)."""
+    truth = {}
+    for _ in range(draws):
+        one, sites = _brute_force_once(model, args)
+        for k, v in one.items():
+            truth[k] = truth.get(k, set()) | v
+    return truth, sites
+
+
+def _brute_force_once(model, args):
     sites, _ = run(model, args, {})
     values = {s.name: s.value for s in sites if s.role in ("message", "env")}
     base = {s.name: observe(s) for s in sites}

@@ -1,0 +1,106 @@
+"""Asynchronous coagents (design.md section 4; the Asynchronous Coagent Policy Gradient Theorem).
+
+A unit with ``execute=`` runs only where its execution bit e_t is 1 and repeats its previous
+output elsewhere:
+
+    p(m_t | e_t, m_{t-1}) = e_t pi(m_t | x_t) + (1 - e_t) delta(m_t = m_{t-1})
+
+so its score term is ``e_t grad log pi`` (Theorem 2). A probability ``execute=p`` inserts an
+*execution coagent*: the Bernoulli message ``name.exec`` (owned by coagent ``name.exec``, with its
+own local loss; learnable when p depends on parameters). A bool ``execute=bit`` is a bit some
+other coagent already drew (the option-critic's termination drives the policy over options).
+
+First step: the previous output is ``init`` (default zeros in the draw's shape and dtype); the
+bit is drawn at every step including the first, so a unit that does not execute at t = 0
+outputs ``init``.
+"""
+
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+
+from .errors import ScgError
+from .runtime import require_run, sample_site
+
+
+def asynchronous_message(name, fn, coagent, execute, init, reparam):
+    """An asynchronous unit: ``m_t = m_{t-1}`` where its execution bit ``e_t`` is 0.
+
+    p(m_t | e_t, m_{t-1}) = e_t pi(m_t | x_t) + (1 - e_t) delta(m_t = m_{t-1}). The site records
+    pi's draw under Pyro's mask ``e_t`` (as ``poutine.mask``), so its score term is
+    ``e_t log pi`` and enumeration counts a held element once; the unit's output is the draw
+    where it executes and its previous output (``init`` before the first step) elsewhere.
+    """
+    run = require_run(f"scg.message({name!r})")
+    if not run.in_steps:
+        raise ScgError(f"message {name!r}: execute=/init= need the site inside scg.steps(T) "
+                       "(an asynchronous unit repeats its previous output between steps)")
+    where = f"message {name!r} (step {run.t})"
+    batch = fn.batch_shape
+    bit, source = execution_bit(name, execute, batch, where)
+    with poutine.mask(mask=bit):
+        draw = sample_site(name, fn, "message", coagent, scg_reparam=bool(reparam),
+                     scg_execute=source)
+    draw = draw if reparam else draw.detach()
+    prev = run.previous.get(name)
+    if prev is None:
+        prev = initial_output(init, draw, where)
+    elif prev.shape != draw.shape:
+        raise ScgError(f"{where}: its previous output has shape {tuple(prev.shape)}, this "
+                       f"step's has {tuple(draw.shape)}")
+    e = bit.reshape(bit.shape + (1,) * len(fn.event_shape))
+    out = torch.where(e, draw, prev)
+    run.previous[name] = out
+    return out
+
+
+def execution_bit(name, execute, batch, where):
+    """The bool execution bit of site ``name`` and where it came from.
+
+    A floating ``execute`` is a probability: the execution coagent ``name.exec`` (a Bernoulli
+    message owned by coagent ``name.exec``) is sampled now. A bool ``execute`` is a bit already
+    drawn (another coagent's output). ``None`` (only ``init`` given) executes always.
+    """
+    if execute is None:
+        return torch.ones(batch, dtype=torch.bool), "always"
+    if not isinstance(execute, torch.Tensor):
+        if isinstance(execute, bool):
+            execute = torch.tensor(execute)
+        elif isinstance(execute, (int, float)):
+            execute = torch.tensor(float(execute))
+        else:
+            raise ScgError(f"{where}: execute= must be a probability (float tensor) or an "
+                           f"execution bit (bool tensor), got {type(execute).__name__}")
+    try:
+        ok = torch.broadcast_shapes(execute.shape, batch) == batch
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise ScgError(f"{where}: execute= has shape {tuple(execute.shape)}, not broadcastable "
+                       f"to the site's batch shape {tuple(batch)}")
+    if execute.dtype == torch.bool:
+        return execute.expand(batch), "bit"
+    if not execute.is_floating_point():
+        raise ScgError(f"{where}: execute= has dtype {execute.dtype}; pass a probability "
+                       "(float tensor) or an execution bit (bool tensor, e.g. term == 1)")
+    with torch.no_grad():
+        bad = ~torch.isfinite(execute) | (execute < 0) | (execute > 1)
+    if bad.any():
+        raise ScgError(f"{where}: execution probability must be finite and in [0, 1], got "
+                       f"{execute[bad].flatten()[0].item()}")
+    exec_name = f"{name}.exec"
+    e = sample_site(exec_name, dist.Bernoulli(probs=execute.expand(batch)), "message", exec_name,
+              scg_execution_of=name)
+    return e.detach().bool(), exec_name
+
+
+def initial_output(init, draw, where):
+    """The output before the first step: ``init`` (default zeros) in the draw's shape."""
+    if init is None:
+        return torch.zeros_like(draw)
+    init = torch.as_tensor(init, device=draw.device).to(draw.dtype)
+    try:
+        return init.expand(draw.shape)
+    except RuntimeError:
+        raise ScgError(f"{where}: init= has shape {tuple(init.shape)}, the unit's output has "
+                       f"shape {tuple(draw.shape)}") from None

@@ -1,0 +1,91 @@
+"""Recurrence over time: the rolled graph (one node per site name, cycles allowed) and its
+unrolling into the DAG over time that the estimator uses (design.md sections 3 and 5).
+
+Tracing a run of ``scg.steps(T)`` already yields the unrolled graph: one node ``name@t`` per
+site and step, edges from real data flow. :func:`roll` folds it into the rolled graph: node
+``name`` for every ``name@t``, and an edge ``u -> v`` labelled with its *lags* (``t_v - t_u``);
+an edge with a positive lag is a *back edge* (v reads u's output from an earlier step), and back
+edges may close cycles. :func:`unroll` goes the other way for ``T`` steps, repeating the rolled
+structure at every step where both ends exist; on a network whose structure is the same at
+every step, ``unroll(roll(g), T)`` has exactly ``g``'s nodes and edges. A site outside
+``scg.steps`` (before or after the loop) is linked to every step of a stepped neighbour.
+"""
+
+import networkx as nx
+
+from .errors import ScgError
+
+KEEP = ("role", "coagent", "dist", "reparam", "execution_of", "plates", "shape")
+
+
+def split(name):
+    """``"m@3"`` -> ``("m", 3)``; a name outside ``scg.steps`` -> ``(name, None)``."""
+    base, at, t = name.rpartition("@")
+    return (base, int(t)) if at else (name, None)
+
+
+def roll(g):
+    """The rolled graph of an unrolled one: node attributes ``times`` (the steps the site
+    occurs at; None outside steps) and the unrolled ones in ``KEEP`` (from its first occurrence);
+    edge attributes ``lags`` (sorted) and ``back`` (any lag > 0)."""
+    r = nx.DiGraph()
+    for n in sorted(g, key=lambda n: g.nodes[n]["order"]):
+        base, t = split(n)
+        if base not in r:
+            r.add_node(base, times=[], **{k: g.nodes[n].get(k) for k in KEEP},
+                       order=len(r))
+        if t is not None:
+            r.nodes[base]["times"].append(t)
+    first = min((g.nodes[n]["order"] for n in g if split(n)[1] is not None), default=0)
+    for n in r:
+        r.nodes[n]["times"] = r.nodes[n]["times"] or None
+        r.nodes[n]["after"] = r.nodes[n]["times"] is None and g.nodes[n]["order"] > first
+    for u, v in g.edges:
+        (bu, tu), (bv, tv) = split(u), split(v)
+        lag = (tv - tu) if tu is not None and tv is not None else 0
+        if r.has_edge(bu, bv):
+            r.edges[bu, bv]["lags"] = sorted(set(r.edges[bu, bv]["lags"]) | {lag})
+        else:
+            r.add_edge(bu, bv, lags=[lag])
+        r.edges[bu, bv]["back"] = max(r.edges[bu, bv]["lags"]) > 0
+    return r
+
+
+def back_edges(r):
+    """The rolled graph's back edges (reads of earlier steps' outputs), with their lags."""
+    return {(u, v): a["lags"] for u, v, a in r.edges(data=True) if a["back"]}
+
+
+def unroll(r, T):
+    """The DAG over ``T`` steps of a rolled graph: ``name@t`` for t < T (a site outside steps
+    keeps its name), an edge ``u@(t - lag) -> v@t`` for every lag of every rolled edge."""
+    if not isinstance(T, int) or T < 1:
+        raise ScgError(f"unroll needs T >= 1 steps, got {T!r}")
+    g = nx.DiGraph()
+    stepped = [n for n in r if r.nodes[n]["times"] is not None]
+    rank = {n: r.nodes[n]["order"] for n in r}
+
+    def at(n, t):
+        return f"{n}@{t}" if t is not None and r.nodes[n]["times"] is not None else n
+
+    outside = [n for n in r if r.nodes[n]["times"] is None]
+    order = [(n, None) for n in outside if not r.nodes[n]["after"]]
+    order += [(n, t) for t in range(T) for n in sorted(stepped, key=rank.get)]
+    order += [(n, None) for n in outside if r.nodes[n]["after"]]
+    for i, (n, t) in enumerate(order):
+        attrs = {k: r.nodes[n][k] for k in KEEP}
+        time = t if t is not None else (T - 1 if r.nodes[n]["after"] else 0)
+        g.add_node(at(n, t), time=time, order=i, **attrs)
+    for u, v, a in r.edges(data=True):
+        su, sv = r.nodes[u]["times"] is not None, r.nodes[v]["times"] is not None
+        if su and sv:
+            g.add_edges_from((at(u, t - lag), at(v, t)) for lag in a["lags"]
+                             for t in range(max(lag, 0), T))
+        elif su or sv:  # one end outside the loop: linked to every step of the other
+            g.add_edges_from((at(u, t), v) if su else (u, at(v, t)) for t in range(T))
+        else:
+            g.add_edge(u, v)
+    if not nx.is_directed_acyclic_graph(g):
+        raise ScgError("the rolled graph has a cycle with no back edge: a site reads its own "
+                       "output of the same step")
+    return g

@@ -1,0 +1,91 @@
+"""Recurrence: the unrolled graph equals a hand-built one, the rolled graph has the back edges,
+and unrolling the rolled graph gives the traced one back."""
+
+import pyro.distributions as dist
+import pytest
+import torch
+
+import scg
+from networks import REGISTRY, lin, oh
+from scg import recurrence as R
+
+
+def two_units(T=3):
+    """u reads its own previous output; v, asynchronous (p = 0.5), reads u now and is read by
+    the reward; the reward also reads v's previous (held) output through the where()."""
+    f, g = lin(2, 1), lin(2, 1)
+
+    @scg.network
+    def model(s):
+        N = s.shape[0]
+        with scg.episodes(N):
+            u = torch.zeros(N)
+            for _ in scg.steps(T):
+                u = scg.message("u", dist.Bernoulli(logits=f(oh(u, 2)).squeeze(-1)),
+                                coagent="U")
+                v = scg.message("v", dist.Bernoulli(logits=g(oh(u, 2)).squeeze(-1)),
+                                coagent="V", execute=torch.full((N,), 0.5))
+                scg.reward("r", (v == s).double() + 0.5 * v)
+    return model, (torch.tensor([0., 1.]),)
+
+
+def hand_built(T):
+    """The unrolled graph of two_units, written out by hand."""
+    edges = set()
+    for t in range(T):
+        if t:
+            edges.add((f"u@{t-1}", f"u@{t}"))
+        edges |= {(f"v.exec@{t}", f"v@{t}"), (f"u@{t}", f"v@{t}")}
+        # v's output at t is where(e_t, draw_t, output_{t-1}): the reward reads every earlier
+        # draw and execution bit through the held value
+        edges |= {(f"{n}@{k}", f"r@{t}") for n in ("v", "v.exec") for k in range(t + 1)}
+    nodes = {f"{n}@{t}" for t in range(T) for n in ("u", "v.exec", "v", "r")}
+    return nodes, edges
+
+
+@pytest.mark.parametrize("T", [1, 2, 3])
+def test_unrolled_graph_equals_hand_built(T):
+    model, args = two_units(T)
+    g = scg.compile(model).graph(*args)
+    nodes, edges = hand_built(T)
+    assert set(g) == nodes
+    assert set(g.edges) == edges
+    assert g.nodes["v.exec@0"]["execution_of"] == "v"
+    assert g.nodes[f"v@{T - 1}"]["execute"] == f"v.exec@{T - 1}"
+    assert g.nodes[f"v.exec@{T - 1}"]["coagent"] == "v.exec"
+
+
+def test_rolled_graph_has_back_edges():
+    model, args = two_units(3)
+    r = scg.compile(model).rolled_graph(*args)
+    assert set(r) == {"u", "v.exec", "v", "r"}
+    assert R.back_edges(r) == {("u", "u"): [1], ("v", "r"): [0, 1, 2],
+                               ("v.exec", "r"): [0, 1, 2]}
+    assert r.edges["u", "v"] == {"lags": [0], "back": False}
+    assert r.nodes["u"]["times"] == [0, 1, 2]
+
+
+STATIONARY = ["recurrent_steps", "terminating"]
+
+
+@pytest.mark.parametrize("name", STATIONARY)
+def test_unroll_of_roll_is_the_traced_graph(name):
+    model, args, opts = REGISTRY[name]()
+    g = scg.compile(model, **opts).graph(*args)
+    u = R.unroll(R.roll(g), 1 + max(a["time"] for _, a in g.nodes(data=True)))
+    assert set(u) == set(g) and set(u.edges) == set(g.edges)
+    assert all(u.nodes[n]["time"] == g.nodes[n]["time"] for n in g)
+
+
+def test_unroll_of_roll_on_async_network():
+    model, args = two_units(3)
+    g = scg.compile(model).graph(*args)
+    u = R.unroll(R.roll(g), 3)
+    assert set(u.edges) == set(g.edges)
+
+
+def test_async_network_matches_enumeration():
+    model, args = two_units(2)
+    for baseline in ("none", "loo"):
+        report = scg.check(model, *args, baseline=baseline, gamma=0.8, method="enumerate")
+        assert report.ok and report.rows[0].norm_exact > 1e-3, str(report)
