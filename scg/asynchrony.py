@@ -20,7 +20,7 @@ import torch
 from pyro import poutine
 
 from .errors import ScgError
-from .runtime import require_run, sample_site
+from .runtime import expands_to, require_run, sample_site
 
 
 def asynchronous_message(name, fn, coagent, execute, init, reparam):
@@ -71,11 +71,7 @@ def execution_bit(name, execute, batch, where):
         else:
             raise ScgError(f"{where}: execute= must be a probability (float tensor) or an "
                            f"execution bit (bool tensor), got {type(execute).__name__}")
-    try:
-        ok = torch.broadcast_shapes(execute.shape, batch) == batch
-    except RuntimeError:
-        ok = False
-    if not ok:
+    if not expands_to(execute.shape, batch):
         raise ScgError(f"{where}: execute= has shape {tuple(execute.shape)}, not broadcastable "
                        f"to the site's batch shape {tuple(batch)}")
     if execute.dtype == torch.bool:

@@ -13,7 +13,7 @@ import torch
 
 from .asynchrony import asynchronous_message
 from .errors import ScgError
-from .runtime import RunContext, active_plates, plate_shape, require_run, sample_site
+from .runtime import RunContext, active_plates, expands_to, plate_shape, require_run, sample_site
 
 ROLES = ("message", "env", "predict", "reward", "cost")
 COSTS = ("predict", "reward", "cost")
@@ -115,11 +115,7 @@ def _valuesample_site(name, value, role, coagent=None):
     if not value.is_floating_point():
         value = value.to(torch.get_default_dtype())
     shape = plate_shape(active_plates())
-    try:
-        ok = torch.broadcast_shapes(value.shape, shape) == shape
-    except RuntimeError:
-        ok = False
-    if not ok:
+    if not expands_to(value.shape, shape):
         raise ScgError(f"{role} {name!r} has shape {tuple(value.shape)}, but its plates imply "
                        f"batch shape {tuple(shape)}")
     fn = dist.Delta(value.expand(shape) if value.shape != shape else value)

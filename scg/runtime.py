@@ -96,3 +96,11 @@ def sample_site(name, fn, role, coagent=None, obs=None, **extra):
     infer = {"scg_role": role, "scg_coagent": coagent, "scg_plates": tuple(active_plates())}
     infer.update(extra)
     return pyro.sample(name, fn, obs=obs, infer=infer)
+
+
+def expands_to(shape, target):
+    """Whether a tensor of ``shape`` broadcasts to exactly ``target`` (no new batch dims)."""
+    try:
+        return torch.broadcast_shapes(shape, target) == target
+    except RuntimeError:
+        return False
