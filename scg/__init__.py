@@ -19,9 +19,10 @@ from .primitives import (
                          predict,
                          reward,
                          steps,
+                         value,
 )
 from .rendering import render
 
 __all__ = ["agents", "check", "coagent", "compile", "cost", "derive", "done", "env", "episodes",
            "Estimator", "message", "network", "Output", "predict", "render", "reward",
-           "ScgError", "steps"]
+           "ScgError", "steps", "value"]

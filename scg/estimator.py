@@ -17,6 +17,7 @@ from . import baselines as B
 from . import graph as G
 from . import plan as P
 from .errors import ScgError
+from .online import TD
 from .provenance import Analysis, Tracked
 from .recurrence import roll
 from .trace import run
@@ -28,6 +29,9 @@ OPTIONS = {
     "discount_score": True,  # False: seed 000's common rule without gamma^t_s (biased)
     "decay": 0.9,            # the avg baseline's decay
     "critic_hidden": 32,     # hidden units of each coagent's critic
+    "estimator": "mc",       # mc (exact score-function surrogate) | td (online, scg.online)
+    "lam": 1.0,              # td: trace decay lambda in [0, 1]
+    "avg_rate": 0.01,        # td with objective="average": step size of the reward average
 }
 
 
@@ -70,8 +74,17 @@ class Estimator(torch.nn.Module):
             raise ScgError(f"gamma must be in [0, 1], got {opts['gamma']}")
         if opts["baseline"] not in B.KINDS:
             raise ScgError(f"unknown baseline {opts['baseline']!r}; valid: {list(B.KINDS)}")
-        if opts["objective"] not in ("sum", "mean"):
-            raise ScgError(f"unknown objective {opts['objective']!r}; valid: ['sum', 'mean']")
+        if opts["estimator"] not in ("mc", "td"):
+            raise ScgError(f"unknown estimator {opts['estimator']!r}; valid: ['mc', 'td']")
+        objectives = ["sum", "mean"] if opts["estimator"] == "mc" else ["sum", "average"]
+        if opts["objective"] not in objectives:
+            raise ScgError(f"unknown objective {opts['objective']!r} for estimator="
+                           f"{opts['estimator']!r}; valid: {objectives}")
+        if not 0.0 <= float(opts["lam"]) <= 1.0:
+            raise ScgError(f"lam must be in [0, 1], got {opts['lam']}")
+        if opts["objective"] == "average" and float(opts["gamma"]) != 1.0:
+            raise ScgError("objective='average' needs gamma=1.0 (the differential TD error "
+                           "has no discount)")
         if not 0.0 <= float(opts["decay"]) < 1.0:
             raise ScgError(f"decay must be in [0, 1), got {opts['decay']}")
         self.model, self.options = model, opts
@@ -80,7 +93,9 @@ class Estimator(torch.nn.Module):
         self.critics = torch.nn.ModuleDict()
         self.critic_owner = {}  # critic key -> coagent
         self.shared = {}
+        self.value_params = {}  # critic parameters reached from scg.value sites, by id
         self.last_plan = None
+        self.td = TD(self) if opts["estimator"] == "td" else None
 
     # ---- public conveniences -------------------------------------------------------------
     def forward(self, *args, **kwargs):
@@ -161,6 +176,9 @@ class Estimator(torch.nn.Module):
                 reach.setdefault(s.coagent, {}).update(_leaves(lp))
             elif s.coagent is not None:
                 reach.setdefault(s.coagent, {}).update(_leaves(s.value))
+        for s in sites:
+            if s.role == "value":
+                self.value_params.update(_leaves(s.fn.v))
         owner = {}
         for s in sites:
             if s.role == "cost" and s.coagent is None:
@@ -194,9 +212,48 @@ class Estimator(torch.nn.Module):
     def run(self, args, kwargs, *handlers, update=True):
         sites, value = run(self.model, args, kwargs, *handlers)
         plan = self.plan_for(sites, args, kwargs)
-        out = self.emit(sites, plan, update=update)
+        if self.td is not None:
+            u, ret = self.td.window(sites, *self._td_params())
+            out = self._td_output(u, ret, plan)
+        else:
+            out = self.emit(sites, plan, update=update)
         out.value, out.sites = value, sites
         return out
+
+    # ---- online (estimator="td") -----------------------------------------------------------
+    def finish(self):
+        """``estimator="td"``: end the episode (V = 0 after the last step). Returns the
+        :class:`Output` of the last step's update, and resets traces and the time origin."""
+        if self.td is None:
+            raise ScgError("finish() is for estimator='td'; the Monte Carlo estimator has no "
+                           "state between calls")
+        return self._td_output(self.td.finish(*self._td_params()), 0.0, self.last_plan)
+
+    def _td_params(self):
+        actor = list({id(p): p for ps in self.params.values() for p in ps.values()}.values())
+        ids = {id(p) for p in actor}
+        critic = [p for k, p in self.value_params.items() if k not in ids]
+        return actor, critic
+
+    def _td_output(self, u, ret, plan):
+        """The surrogate -(u . theta): gradient -u, value minus the window's return."""
+        actor, critic = self._td_params()
+        first, local = {}, {}
+        for c in sorted(self.params):  # a shared parameter's update goes to its first owner
+            for k in self.params[c]:
+                first.setdefault(k, c)
+        ref = next(iter(u.values())) if u else torch.zeros(())
+        for k, p in [(id(p), p) for p in actor + critic]:
+            owner = first.get(k, "critic")
+            term = -(u[k].detach() * p).sum()
+            local[owner] = local.get(owner, ref.new_zeros(())) + term - term.detach()
+        for c in (plan.coagents if plan is not None else []):
+            local.setdefault(c, ref.new_zeros(()))
+        for c in local:  # the value, minus the return, shared evenly (as in emit)
+            local[c] = local[c] - ret / len(local)
+        loss = sum(local.values(), ref.new_zeros(()))
+        objective = ref.new_tensor(ret)
+        return Output(loss, local, objective, {"return": ret, "rho": self.td.rho})
 
     def emit(self, sites, plan, update=True):
         """The surrogate of one recorded run under ``plan``."""

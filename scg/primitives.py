@@ -15,7 +15,7 @@ from .asynchrony import asynchronous_message
 from .errors import ScgError
 from .runtime import RunContext, active_plates, expands_to, plate_shape, require_run, sample_site
 
-ROLES = ("message", "env", "predict", "reward", "cost")
+ROLES = ("message", "env", "predict", "reward", "cost", "value")
 COSTS = ("predict", "reward", "cost")
 
 
@@ -109,7 +109,7 @@ def predict(name, fn, obs=None, coagent=None, weight=1.0):
     return obs
 
 
-def _valuesample_site(name, value, role, coagent=None):
+def _value_site(name, value, role, coagent=None):
     _check_name(name)
     value = torch.as_tensor(value)
     if not value.is_floating_point():
@@ -128,7 +128,7 @@ def reward(name, value):
     if isinstance(value, torch.Tensor) and value.requires_grad:
         raise ScgError(f"reward {name!r} requires grad: rewards carry no gradient; use "
                        "scg.cost for a differentiable objective term")
-    return _valuesample_site(name, value, "reward")
+    return _value_site(name, value, "reward")
 
 
 def cost(name, value, coagent=None):
@@ -137,7 +137,19 @@ def cost(name, value, coagent=None):
     Its pathwise gradient belongs to ``coagent``'s local loss; if omitted, to the one coagent
     whose parameters it reaches.
     """
-    return _valuesample_site(name, value, "cost", coagent)
+    return _value_site(name, value, "cost", coagent)
+
+
+def value(name, v):
+    """A learned state value V(s_t) for bootstrapping (``estimator="td"``, :mod:`scg.online`).
+
+    Not a cost and never a baseline: the TD estimator uses it in its TD errors and trains it by
+    semi-gradient TD(lambda); the Monte Carlo estimator ignores it.
+    """
+    v = torch.as_tensor(v)
+    if not v.is_floating_point():
+        raise ScgError(f"value {name!r} must be a floating tensor, got {v.dtype}")
+    return _value_site(name, v, "value")
 
 
 def done(mask):
