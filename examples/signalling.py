@@ -9,13 +9,13 @@ reward as credit (design.md §1).
     python examples/signalling.py --smoke    # tiny run, for tests
 """
 
-import argparse
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import pyro
 import pyro.distributions as dist
 import torch
+from common import parse
 from torch.nn.functional import one_hot
 
 import scg
@@ -47,14 +47,7 @@ class Args:
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for f in fields(Args):
-        if f.type is bool or f.type == "bool":
-            parser.add_argument(f"--{f.name.replace('_', '-')}", action="store_true")
-        else:
-            kind = {"int": int, "float": float, "str": str}.get(f.type, f.type)
-            parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default)
-    args = Args(**vars(parser.parse_args()))
+    args = parse(Args, __doc__)
     if args.smoke:
         args.updates, args.batch, args.log_every, args.eval_batch = 20, 16, 5, 256
     return args

@@ -89,3 +89,15 @@ def test_async_network_matches_enumeration():
     for baseline in ("none", "loo"):
         report = scg.check(model, *args, baseline=baseline, gamma=0.8, method="enumerate")
         assert report.ok and report.rows[0].norm_exact > 1e-3, str(report)
+
+
+def test_render_rolled_view_dashes_back_edges():
+    from scg import rendering
+
+    model, args = two_units(3)
+    est = scg.compile(model)
+    s = rendering.spec(est.rolled_graph(*args))
+    assert s["back"] == {("u", "u"): [1], ("v", "r"): [0, 1, 2], ("v.exec", "r"): [0, 1, 2]}
+    assert next(n for n in s["nodes"] if n["name"] == "v.exec")["shape"] == "circle"
+    src = scg.render(model, *args, rolled=True).source
+    assert "style=dashed" in src and "t−1" in src
