@@ -37,20 +37,34 @@ def asynchronous_message(name, fn, coagent, execute, init, reparam):
                        "(an asynchronous unit repeats its previous output between steps)")
     where = f"message {name!r} (step {run.t})"
     batch = fn.batch_shape
+    last = previous_step(run, name, init, where)
     bit, source = execution_bit(name, execute, batch, where)
     with poutine.mask(mask=bit):
         draw = sample_site(name, fn, "message", coagent, scg_reparam=bool(reparam),
-                     scg_execute=source)
+                           scg_execute=source)
     draw = draw if reparam else draw.detach()
-    prev = run.previous.get(name)
-    if prev is None:
-        prev = initial_output(init, draw, where)
-    elif prev.shape != draw.shape:
+    prev = initial_output(init, draw, where) if last is None else last
+    if prev.shape != draw.shape:
         raise ScgError(f"{where}: its previous output has shape {tuple(prev.shape)}, this "
                        f"step's has {tuple(draw.shape)}")
     e = bit.reshape(bit.shape + (1,) * len(fn.event_shape))
     out = torch.where(e, draw, prev)
-    run.previous[name] = out
+    run.previous[name] = (run.t, out)
+    return out
+
+
+def previous_step(run, name, init, where):
+    """The unit's output of step t - 1, or None before its first step (then ``init``)."""
+    last = run.previous.get(name)
+    if last is None:
+        if run.t > 0 and init is None:
+            raise ScgError(f"{where}: no previous output to repeat: the unit did not run at step "
+                           f"{run.t - 1}; pass init= for a unit that starts late")
+        return None
+    t, out = last
+    if t != run.t - 1:
+        raise ScgError(f"{where}: no output at step {run.t - 1} to repeat (its last output is "
+                       f"from step {t}): an asynchronous unit must run at every step")
     return out
 
 

@@ -237,3 +237,27 @@ def test_cost_reaching_two_coagents_must_be_labelled():
             scg.cost("c", (f(s[:, None]) + g(s[:, None])).squeeze(-1))
     with pytest.raises(scg.ScgError, match=r"cost 'c' reaches parameters of coagents"):
         scg.compile(model)(torch.zeros(2))
+
+
+def test_previous_output_no_step_produced():
+    @scg.network
+    def late(s):
+        with scg.episodes(2):
+            for t in scg.steps(2):
+                if t == 1:
+                    m = scg.message("m", one(s), coagent="f", execute=torch.full((2,), 0.5))
+                    scg.reward("r", m)
+    with pytest.raises(scg.ScgError, match=r"message 'm' \(step 1\): no previous output to "
+                                           r"repeat.*init="):
+        scg.compile(late)(torch.zeros(2))
+
+    @scg.network
+    def skipping(s):
+        with scg.episodes(2):
+            for t in scg.steps(3):
+                if t != 1:
+                    m = scg.message("m", one(s), coagent="f", execute=torch.full((2,), 0.5))
+                    scg.reward("r", m)
+    with pytest.raises(scg.ScgError, match=r"message 'm' \(step 2\): no output at step 1 to "
+                                           r"repeat"):
+        scg.compile(skipping)(torch.zeros(2))

@@ -101,3 +101,10 @@ def test_render_rolled_view_dashes_back_edges():
     assert next(n for n in s["nodes"] if n["name"] == "v.exec")["shape"] == "circle"
     src = scg.render(model, *args, rolled=True).source
     assert "style=dashed" in src and "t−1" in src
+
+
+def test_execution_coagents_have_their_own_local_losses():
+    model, args, opts = REGISTRY["async_fixed"]()
+    out = scg.compile(model, **opts)(*args)
+    assert set(out.local) == {"f", "g", "m.exec"}
+    assert torch.allclose(sum(out.local.values()), out.loss)
