@@ -159,3 +159,35 @@ def test_finish_needs_td():
     episode, *_ = chain(2)
     with pytest.raises(scg.ScgError, match="finish"):
         scg.compile(episode).finish()
+
+
+def bias_and_variance(lam, exact_critic):
+    """Relative bias |E u - grad J| / |grad J| and total variance E|u - E u|^2 of one
+    episode's update, by enumeration."""
+    episode, _, theta, V, R = chain(3)
+    if exact_critic:
+        with torch.no_grad():
+            V.copy_(true_values(theta, R))
+    est = scg.compile(episode, estimator="td", lam=lam, gamma=GAMMA)
+    E, second, J = torch.zeros(theta.numel()), 0.0, 0.0
+    for out in trajectories(est, (torch.tensor([0, 1]),)):
+        p = log_prob(out.sites).exp()
+        u = -flat(out.loss + est.finish().loss, [theta])
+        E, second = E + p.detach() * u, second + p.detach() * (u @ u)
+        J = J + p * out.stats["return"]
+    g = torch.autograd.grad(J, theta)[0].flatten()
+    return ((E - g).norm() / g.norm()).item(), (second - E @ E).item()
+
+
+def test_bootstrapping_trades_bias_for_variance():
+    """The figures in docs/asynchrony.md: with the true V every lambda is unbiased and the
+    variance falls with lambda; with V = 0 bootstrapping cuts variance and adds bias."""
+    table = {(lam, c): bias_and_variance(lam, c) for lam in (1.0, 0.5, 0.0)
+             for c in (True, False)}
+    for (lam, c), (bias, var) in sorted(table.items()):
+        print(f"lambda={lam} exact critic={c}: relative bias {bias:.3f}, variance {var:.4f}")
+    assert all(table[(lam, True)][0] < 1e-10 for lam in (1.0, 0.5, 0.0))
+    assert table[(1.0, False)][0] < 1e-10
+    assert table[(1.0, True)][1] > table[(0.5, True)][1] > table[(0.0, True)][1]
+    assert table[(1.0, False)][1] > table[(0.5, False)][1] > table[(0.0, False)][1]
+    assert table[(0.0, False)][0] > table[(0.5, False)][0] > 0.05
