@@ -86,7 +86,7 @@ def test_unroll_of_roll_on_async_network():
 
 def test_async_network_matches_enumeration():
     model, args = two_units(2)
-    for baseline in ("none", "loo"):
+    for baseline in ("loo",):  # every baseline on async networks: test_enumeration's registry
         report = scg.check(model, *args, baseline=baseline, gamma=0.8, method="enumerate")
         assert report.ok and report.rows[0].norm_exact > 1e-3, str(report)
 
@@ -108,3 +108,28 @@ def test_execution_coagents_have_their_own_local_losses():
     out = scg.compile(model, **opts)(*args)
     assert set(out.local) == {"f", "g", "m.exec"}
     assert torch.allclose(sum(out.local.values()), out.loss)
+
+
+@pytest.mark.parametrize("init, expected", [(None, [0.0, 0.0]), (torch.tensor([1.0, 1.0]),
+                                                                [1.0, 1.0])])
+def test_first_step_without_execution_outputs_init(init, expected):
+    """The bit is drawn at the first step too; a unit that does not execute outputs init
+    (default zeros), and its draw's score term is masked out."""
+    f = lin(2, 1)
+
+    @scg.network
+    def model(s):
+        with scg.episodes(2):
+            for _ in scg.steps(1):
+                m = scg.message("m", dist.Bernoulli(logits=f(oh(s, 2)).squeeze(-1) + 50.0),
+                                coagent="f", execute=torch.zeros(2), init=init)
+                scg.reward("r", m)
+        return m
+
+    out = scg.compile(model)(torch.tensor([0., 1.]))
+    assert out.value.tolist() == expected
+    site = next(s for s in out.sites if s.name == "m@0")
+    assert site.value.tolist() == [1.0, 1.0] and not site.mask.any()
+    assert all(p.grad is None for p in f.parameters())
+    g = torch.autograd.grad(out.loss, list(f.parameters()), allow_unused=True)
+    assert all(x is None or torch.all(x == 0) for x in g)
