@@ -1,0 +1,174 @@
+"""The benchmark workloads, each written twice: as an scg network and as a hand-written torch
+loss computing the same estimator (same sites, same credit, same discounting).
+
+Every workload is a class with ``scg_iteration()`` and ``hand_iteration()``: one training
+iteration (forward, backward, optimiser step) each, on the same parameters.
+"""
+
+import pyro.distributions as dist
+import torch
+from torch.nn.functional import one_hot
+
+import scg
+
+
+def reverse_cumsum(x, dim=0):
+    return x.flip(dim).cumsum(dim).flip(dim)
+
+
+class Chain:
+    """N binary units in a chain, x_t ~ Bernoulli(sigmoid(w_t x_{t-1} + b_t)), a cost (reward
+    x_t) at every unit; gamma = 1, no baseline. Batch of B episodes."""
+
+    def __init__(self, N, B=32):
+        self.N, self.B = N, B
+        self.w = torch.nn.Parameter(torch.randn(N) * 0.1)
+        self.b = torch.nn.Parameter(torch.zeros(N))
+        self.opt = torch.optim.SGD([self.w, self.b], lr=1e-3)
+        w, b = self.w, self.b
+
+        @scg.network
+        def chain(B):
+            with scg.episodes(B):
+                x = torch.zeros(B)
+                for t in scg.steps(N):
+                    x = scg.message("x", dist.Bernoulli(logits=w[t] * x + b[t]), coagent="u")
+                    scg.reward("r", x)
+
+        self.model = chain
+        self.est = scg.compile(chain)
+
+    def scg_iteration(self):
+        out = self.est(self.B)
+        self.step(out.loss)
+
+    def hand_iteration(self):
+        x = torch.zeros(self.B)
+        lps, rs = [], []
+        for t in range(self.N):
+            d = torch.distributions.Bernoulli(logits=self.w[t] * x + self.b[t])
+            x = d.sample()
+            lps.append(d.log_prob(x))
+            rs.append(x)
+        lp, r = torch.stack(lps), torch.stack(rs)
+        self.step(-(lp * reverse_cumsum(r)).sum(0).mean())
+
+    def step(self, loss):
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+
+
+class Layer:
+    """One layer of U binary units (a pyro.plate of independent units) reading a 16-dim input;
+    each unit's reward is 1 when it matches a target bit. Batch of B episodes."""
+
+    def __init__(self, U=300, B=64):
+        self.U, self.B = U, B
+        self.lin = torch.nn.Linear(16, U)
+        self.opt = torch.optim.SGD(self.lin.parameters(), lr=1e-3)
+        self.x = torch.randn(B, 16)
+        self.target = (torch.rand(B, U) < 0.5).float()
+        lin, target = self.lin, self.target
+
+        @scg.network
+        def layer(x):
+            with scg.episodes(x.shape[0], dim=-2), scg.agents(U, dim=-1, independent=True):
+                a = scg.message("a", dist.Bernoulli(logits=lin(x)), coagent="layer")
+                scg.reward("r", (a == target).float())
+
+        self.est = scg.compile(layer)
+
+    def scg_iteration(self):
+        self.step(self.est(self.x).loss)
+
+    def hand_iteration(self):
+        d = torch.distributions.Bernoulli(logits=self.lin(self.x))
+        a = d.sample()
+        r = (a == self.target).float()
+        self.step(-(d.log_prob(a) * r).sum(-1).mean())
+
+    def step(self, loss):
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+
+
+class TalkingAgents:
+    """Seed 000's talking agents: A and B, each a GRU cell whose state emits a message (one of
+    M) and predicts the data D_t from the partner's message; the per-step data is a Markov chain
+    over K symbols. Cost: both predictors' log-likelihoods (also trained directly). Batch B,
+    T steps, gamma = 1, no baseline."""
+
+    def __init__(self, B=512, T=16, H=32, M=8, K=4):
+        self.B, self.T, self.H, self.M, self.K = B, T, H, M, K
+        g = torch.Generator().manual_seed(0)
+        self.P = torch.softmax(3 * torch.randn(K, K, generator=g), -1)
+        self.agents = torch.nn.ModuleDict({n: torch.nn.ModuleDict({
+            "gru": torch.nn.GRUCell(K + M, H), "msg": torch.nn.Linear(H, M),
+            "pred": torch.nn.Linear(H + M, K)}) for n in "AB"})
+        self.opt = torch.optim.Adam(self.agents.parameters(), lr=1e-3)
+        agents = self.agents
+
+        @scg.network
+        def talk(D):
+            with scg.episodes(D.shape[1]):
+                h = {n: torch.zeros(D.shape[1], H) for n in "AB"}
+                for t in scg.steps(D.shape[0]):
+                    m = {n: scg.message(f"m{n}", dist.Categorical(logits=agents[n]["msg"](h[n])),
+                                        coagent=n) for n in "AB"}
+                    other = {"A": "B", "B": "A"}
+                    for n in "AB":
+                        mo = one_hot(m[other[n]], M).float()
+                        scg.predict(f"q{n}", dist.Categorical(logits=agents[n]["pred"](
+                            torch.cat([h[n], mo], -1))), obs=D[t], coagent=n)
+                    for n in "AB":
+                        inp = torch.cat([one_hot(D[t], K).float(),
+                                         one_hot(m[other[n]], M).float()], -1)
+                        h[n] = agents[n]["gru"](inp, h[n])
+
+        self.est = scg.compile(talk)
+
+    def data(self):
+        D = [torch.randint(0, self.K, (self.B,))]
+        for _ in range(self.T - 1):
+            D.append(torch.multinomial(self.P[D[-1]], 1).squeeze(-1))
+        return torch.stack(D)
+
+    def scg_iteration(self, D=None):
+        D = self.data() if D is None else D
+        self.step(self.est(D).loss)
+
+    def hand_iteration(self, D=None):
+        D = self.data() if D is None else D
+        ag, M, K = self.agents, self.M, self.K
+        h = {n: torch.zeros(self.B, self.H) for n in "AB"}
+        lps, qs = {n: [] for n in "AB"}, {n: [] for n in "AB"}
+        for t in range(self.T):
+            m = {}
+            for n in "AB":
+                d = torch.distributions.Categorical(logits=ag[n]["msg"](h[n]))
+                m[n] = d.sample()
+                lps[n].append(d.log_prob(m[n]))
+            other = {"A": "B", "B": "A"}
+            for n in "AB":
+                mo = one_hot(m[other[n]], M).float()
+                q = torch.distributions.Categorical(logits=ag[n]["pred"](torch.cat([h[n], mo], -1)))
+                qs[n].append(q.log_prob(D[t]))
+            for n in "AB":
+                inp = torch.cat([one_hot(D[t], K).float(), one_hot(m[other[n]], M).float()], -1)
+                h[n] = ag[n]["gru"](inp, h[n])
+        q = {n: torch.stack(qs[n]) for n in "AB"}                       # [T, B]
+        later = reverse_cumsum(q["A"] + q["B"]) - (q["A"] + q["B"])     # costs after step t
+        score = 0.0
+        for n in "AB":
+            o = "B" if n == "A" else "A"
+            G = (q[o] + later).detach()         # m_n at t reaches the partner's q at t onwards
+            score = score + (torch.stack(lps[n]) * G).sum(0)
+        loss = -(score + q["A"].sum(0) + q["B"].sum(0)).mean()
+        self.step(loss)
+
+    def step(self, loss):
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
