@@ -10,6 +10,8 @@ import functools
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro.poutine.broadcast_messenger import BroadcastMessenger
+from pyro.poutine.subsample_messenger import SubsampleMessenger
 
 from .asynchrony import asynchronous_message
 from .errors import ScgError
@@ -115,10 +117,10 @@ def _value_site(name, value, role, coagent=None):
     if not value.is_floating_point():
         value = value.to(torch.get_default_dtype())
     shape = plate_shape(active_plates())
-    if not expands_to(value.shape, shape):
+    if value.shape != shape and not expands_to(value.shape, shape):
         raise ScgError(f"{role} {name!r} has shape {tuple(value.shape)}, but its plates imply "
                        f"batch shape {tuple(shape)}")
-    fn = dist.Delta(value.expand(shape) if value.shape != shape else value)
+    fn = dist.Delta(value.expand(shape) if value.shape != shape else value, validate_args=False)
     sample_site(name, fn, role, coagent, obs=value)
     return value
 
@@ -168,7 +170,31 @@ def done(mask):
     run.done = mask if run.done is None else run.done | mask
 
 
-class episodes(pyro.plate):
+class _plate(pyro.plate):
+    """``pyro.plate`` that skips Pyro's broadcast when a site's distribution already has every
+    enclosing plate's size at that plate's dim: the broadcast would be ``dist.expand`` to the
+    same batch shape, a no-op that costs more than the rest of a small site."""
+
+    def _process_message(self, msg):
+        SubsampleMessenger._process_message(self, msg)
+        if not _broadcast_already(msg):
+            BroadcastMessenger._pyro_sample(msg)
+
+
+def _broadcast_already(msg):
+    fn = msg["fn"]
+    if msg["done"] or msg["type"] != "sample" or not hasattr(fn, "batch_shape"):
+        return False
+    shape = fn.batch_shape
+    for f in msg["cond_indep_stack"]:
+        if f.dim is None or f.size == -1:
+            continue
+        if len(shape) < -f.dim or shape[f.dim] != f.size:
+            return False
+    return True
+
+
+class episodes(_plate):
     """A plate of independent episodes: estimates average over it."""
 
     scg_kind = "episodes"
@@ -177,7 +203,7 @@ class episodes(pyro.plate):
         super().__init__(name, size, dim=dim)
 
 
-class agents(pyro.plate):
+class agents(_plate):
     """A plate of interacting agents: a cost at one index credits sites at all indices,
     unless ``independent=True``."""
 
