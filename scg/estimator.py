@@ -275,15 +275,20 @@ class Estimator(torch.nn.Module):
         score = objective.new_zeros(n)
         critic = objective.new_zeros(n)
         rule = B.RULES[self.options["baseline"]]
+        S = {}  # suffix sums per (cost group, reduction), shared by site groups
         for i, g in enumerate(plan.sites):
             lp = torch.stack([_log_prob(sites[k]) for k in g.index])
             R = lp.new_zeros(lp.shape)
             for j in range(len(plan.costs)):
-                if (i, j) in T["weights"]:
-                    W, dims, view = T["weights"][(i, j)]
-                    c = C[j].detach()
-                    c = c.sum(dims, keepdim=True) if dims else c
-                    R = R + torch.tensordot(W, c.reshape((c.shape[0],) + view), dims=1)
+                credit = T["credit"].get((i, j))
+                if credit is not None:
+                    key = (j, credit.dims, credit.view)
+                    if key not in S:
+                        c = C[j].detach()
+                        c = c.sum(credit.dims, keepdim=True) if credit.dims else c
+                        S[key] = P.suffix_sums(c.reshape((c.shape[0],) + credit.view),
+                                               T["scans"][j])
+                    R = P.apply_credit(R, credit, S[key])
             b, reg = rule(self, g, R, sites, update)
             kappa = T["kappa"][i].reshape((-1,) + (1,) * (R.dim() - 1))
             term = (lp * (kappa * (R - b)).detach()).flatten(1).sum(1)

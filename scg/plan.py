@@ -2,14 +2,19 @@
 
 Built once per structure signature from the analysed graph (the causal pass gives each
 stochastic site's downstream costs). Per call, the estimator only stacks log-probabilities and
-costs by group and applies the credit matrices: no provenance and no networkx work.
+costs by group and applies the credit: no provenance and no networkx work.
 
 For a score site s and a cost c downstream of it, the credit weight is
-``W[s, c] = gamma^(t_c - t_s) * scale_c / scale_s``, so ``R_s = sum_c W[s, c] c`` is the site's
-relative return G_s (scale: 1 / product of episodes-plate sizes, and 1/T for
-``objective="mean"``). The score coefficient is ``kappa_s = gamma^(t_s) * scale_s`` (or
-``scale_s`` under the common, biased convention). A cost enters the objective with
-``coef_c = gamma^(t_c) * scale_c``.
+``gamma^(t_c - t_s) * scale_c / scale_s``, so ``R_s = sum_c weight * c`` is the site's relative
+return G_s (scale: 1 / product of episodes-plate sizes, and 1/T for ``objective="mean"``). The
+score coefficient is ``kappa_s = gamma^(t_s) * scale_s`` (or ``scale_s`` under the common,
+biased convention). A cost enters the objective with ``coef_c = gamma^(t_c) * scale_c``.
+
+Credit by reverse cumulative sums: a site's downstream costs in a cost group are a few runs
+``[a, b)`` of consecutive costs (one run, a suffix, on a chain). With the discounted suffix
+sums ``S_k = sum_{j >= k} gamma^(t_j - t_k) c_j`` of the group (a log-depth scan),
+``sum_{a <= j < b} gamma^(t_j - t_s) c_j = gamma^(t_a - t_s) (S_a - gamma^(t_b - t_a) S_b)``.
+Memory and time are linear in sites + runs, never sites x costs.
 """
 
 from dataclasses import dataclass, field
@@ -64,12 +69,32 @@ class Group:
 
 
 @dataclass
+class Credit:
+    """How site group i is credited with cost group j: runs r of consecutive costs."""
+
+    site: torch.Tensor   # [r] site index within the site group
+    a: torch.Tensor      # [r] first cost of the run
+    b: torch.Tensor      # [r] one past the last (n_j: to the end; S_{n_j} = 0)
+    wa: torch.Tensor     # [r] gamma^(t_a - t_s) * scale_c / scale_s
+    wb: torch.Tensor     # [r] wa * gamma^(t_b - t_a) (0 when b = n_j)
+    dims: tuple          # cost dims to sum for this site group
+    view: tuple          # the reduced cost's view, aligned with the site group's batch
+
+    def to(self, device, dtype):
+        mv = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
+        ix = lambda t: t.to(device=device)  # noqa: E731
+        return Credit(ix(self.site), ix(self.a), ix(self.b), mv(self.wa), mv(self.wb),
+                      self.dims, self.view)
+
+
+@dataclass
 class Plan:
     graph: object
     coagents: list
     sites: list        # score-site groups
     costs: list        # cost groups
-    weights: dict      # (site group i, cost group j) -> (W, sum dims, view)
+    credit: dict       # (site group i, cost group j) -> Credit
+    scans: list        # per cost group: the decays of each level of the suffix-sum scan
     kappa: list        # per site group, tensor [n]
     coef: list         # per cost group, tensor [n]
     cost_owner: list   # per cost group, list of coagent index or -1
@@ -82,7 +107,8 @@ class Plan:
         if key not in self._cache:
             mv = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
             self._cache[key] = {
-                "weights": {k: (mv(w), d, v) for k, (w, d, v) in self.weights.items()},
+                "credit": {k: c.to(device, dtype) for k, c in self.credit.items()},
+                "scans": [[mv(d) for d in levels] for levels in self.scans],
                 "kappa": [mv(k) for k in self.kappa],
                 "coef": [mv(c) for c in self.coef],
                 "site_owner": [torch.tensor(o, device=device) for o in self.site_owner],
@@ -103,7 +129,6 @@ def build(g, gamma, objective="sum", discount_score=True, cost_owner=None):
     coagents = sorted({a["coagent"] for a in attrs.values() if a["coagent"] is not None})
     index = {c: i for i, c in enumerate(coagents)}
     cost_owner = cost_owner or {}
-    down = G.downstream_costs(g)
 
     def mk(groups):
         return [Group(ns, [order[n] for n in ns], k[0], k[1]) for k, ns in groups.items()]
@@ -112,22 +137,60 @@ def build(g, gamma, objective="sum", discount_score=True, cost_owner=None):
     cost_groups = mk(_group(G.costs(g), attrs))
     t = lambda n: attrs[n]["time"]  # noqa: E731
     cscale = {c: _scale(attrs[c]["plates"]) * per_step for cg in cost_groups for c in cg.names}
-    weights = {}
-    for i, sg in enumerate(site_groups):
-        for j, cg in enumerate(cost_groups):
-            W = torch.zeros(len(sg.names), len(cg.names), dtype=torch.float64)
-            for a, s in enumerate(sg.names):
-                ds = set(down[s])
-                for b, c in enumerate(cg.names):
-                    if c in ds:
-                        W[a, b] = gamma ** (t(c) - t(s)) * cscale[c] / _scale(attrs[s]["plates"])
-            if W.any():
-                weights[(i, j)] = (W,) + _reduction((cg.shape, cg.plates), (sg.shape, sg.plates))
+    credit, scans = {}, []
+    for j, cg in enumerate(cost_groups):
+        times = [t(c) for c in cg.names]
+        scans.append(scan_levels([gamma ** (b - a) for a, b in zip(times, times[1:])] + [0.0]))
+        bits = G.downstream_bits(g, cg.names)
+        for i, sg in enumerate(site_groups):
+            rows = []
+            for k, s in enumerate(sg.names):
+                ratio = cscale[cg.names[0]] / _scale(attrs[s]["plates"])
+                for a, b in G.runs(bits[s]):
+                    wa = gamma ** (times[a] - t(s)) * ratio
+                    wb = wa * gamma ** (times[b] - times[a]) if b < len(times) else 0.0
+                    rows.append((k, a, b, wa, wb))
+            if rows:
+                cols = list(zip(*rows))
+                credit[(i, j)] = Credit(
+                    torch.tensor(cols[0]), torch.tensor(cols[1]), torch.tensor(cols[2]),
+                    torch.tensor(cols[3], dtype=torch.float64),
+                    torch.tensor(cols[4], dtype=torch.float64),
+                    *_reduction((cg.shape, cg.plates), (sg.shape, sg.plates)))
     kappa = [torch.tensor([(gamma ** t(s) if discount_score else 1.0) * _scale(attrs[s]["plates"])
                            for s in sg.names], dtype=torch.float64) for sg in site_groups]
     coef = [torch.tensor([gamma ** t(c) * cscale[c] for c in cg.names], dtype=torch.float64)
             for cg in cost_groups]
     owner = lambda c: index.get(cost_owner.get(c, attrs[c]["coagent"]), -1)  # noqa: E731
-    return Plan(g, coagents, site_groups, cost_groups, weights, kappa, coef,
+    return Plan(g, coagents, site_groups, cost_groups, credit, scans, kappa, coef,
                 [[owner(c) for c in cg.names] for cg in cost_groups],
                 [[index[attrs[s]["coagent"]] for s in sg.names] for sg in site_groups])
+
+
+def scan_levels(decay):
+    """The per-level decays of the log-depth suffix scan: level l has ``d_l[k]``, the
+    discount from cost k to cost k + 2^l (0 past the end)."""
+    levels, d, shift = [], torch.tensor(decay, dtype=torch.float64), 1
+    while shift < len(decay):
+        levels.append(d)
+        d = torch.cat([d[:-shift] * d[shift:], d.new_zeros(shift)])
+        shift *= 2
+    return levels
+
+
+def suffix_sums(c, levels):
+    """``S_k = sum_{j >= k} (discount from k to j) c_j`` along dim 0, plus a zero row S_n: the
+    Hillis-Steele scan, log2(n) vectorised steps."""
+    S, shift = c, 1
+    view = (-1,) + (1,) * (c.dim() - 1)
+    for d in levels:
+        S = torch.cat([S[:-shift] + d[:-shift].view(view) * S[shift:], S[-shift:]])
+        shift *= 2
+    return torch.cat([S, S.new_zeros((1,) + S.shape[1:])])
+
+
+def apply_credit(R, credit, S):
+    """Add the credited runs of suffix sums ``S`` into the relative returns ``R``."""
+    view = (-1,) + (1,) * (S.dim() - 1)
+    runs = credit.wa.view(view) * S[credit.a] - credit.wb.view(view) * S[credit.b]
+    return R.index_add(0, credit.site, runs.expand((runs.shape[0],) + R.shape[1:]))
