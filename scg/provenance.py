@@ -14,7 +14,7 @@ import itertools
 import pyro
 import torch
 from pyro.poutine.runtime import _PYRO_STACK
-from torch.utils._pytree import tree_flatten, tree_map
+from torch.utils._pytree import tree_map
 
 from .errors import ScgError
 from .trace import Record
@@ -51,7 +51,7 @@ class Tracked(torch.Tensor):
         if args and isinstance(args[0], Tracked) and _is_inplace(func):
             args[0]._prov = args[0]._prov | prov
             return args[0]
-        return tree_map(lambda x: Tracked(x, prov) if isinstance(x, torch.Tensor) else x, ret)
+        return track(ret, prov)
 
 
 def _is_inplace(func):
@@ -61,18 +61,45 @@ def _is_inplace(func):
 
 
 def provenance_of(x):
-    """The union of the provenance sets of the tensors in a pytree."""
-    leaves, _ = tree_flatten(x)
+    """The union of the provenance sets of the tensors in ``x`` (tensors nested in lists,
+    tuples and dicts, as a pytree). Walked directly: this runs on every tracked op, and
+    ``torch.utils._pytree`` costs more than the op."""
     prov = frozenset()
-    for leaf in leaves:
-        if isinstance(leaf, Tracked):
-            prov = prov | leaf._prov
+    stack = [x]
+    while stack:
+        y = stack.pop()
+        if isinstance(y, Tracked):
+            prov = prov | y._prov
+        elif isinstance(y, (list, tuple)):
+            stack.extend(y)
+        elif isinstance(y, dict):
+            stack.extend(y.values())
     return prov
 
 
 def untrack(x):
-    """The same pytree with plain tensors."""
-    return tree_map(lambda t: t._t if isinstance(t, Tracked) else t, x)
+    """The same structure with plain tensors (plain lists, tuples and dicts walked directly,
+    anything else through pytree)."""
+    if isinstance(x, Tracked):
+        return x._t
+    kind = type(x)
+    if kind is tuple or kind is list:
+        return kind(untrack(y) for y in x)
+    if kind is dict:
+        return {k: untrack(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple, dict)):
+        return tree_map(lambda t: t._t if isinstance(t, Tracked) else t, x)
+    return x
+
+
+def track(x, prov):
+    """Wrap every tensor in ``x`` (a tensor, or a pytree of them) with provenance ``prov``."""
+    if isinstance(x, torch.Tensor):
+        return Tracked(x, prov)
+    kind = type(x)
+    if kind is tuple or kind is list:
+        return kind(track(y, prov) for y in x)
+    return tree_map(lambda t: Tracked(t, prov) if isinstance(t, torch.Tensor) else t, x)
 
 
 def _current_analysis():
