@@ -5,6 +5,7 @@ Every workload is a class with ``scg_iteration()`` and ``hand_iteration()``: one
 iteration (forward, backward, optimiser step) each, on the same parameters.
 """
 
+import pyro
 import pyro.distributions as dist
 import torch
 from torch.nn.functional import one_hot
@@ -52,6 +53,27 @@ class Chain:
             rs.append(x)
         lp, r = torch.stack(lps), torch.stack(rs)
         self.step(-(lp * reverse_cumsum(r)).sum(0).mean())
+
+    def pyro_iteration(self, elbo):
+        """The same chain through Pyro's SVI formulation: the policy is both model and guide
+        (log p - log q cancels) and each reward a ``pyro.factor``, so the ELBO is J."""
+        if hasattr(elbo, "differentiable_loss"):
+            self.step(elbo.differentiable_loss(self.pyro_model, self.pyro_guide, self.B))
+        else:  # TraceGraph_ELBO: its surrogate is backpropagated inside loss_and_grads
+            self.opt.zero_grad()
+            elbo.loss_and_grads(self.pyro_model, self.pyro_guide, self.B)
+            self.opt.step()
+
+    def pyro_model(self, B, rewards=True):
+        with pyro.plate("episodes", B):
+            x = torch.zeros(B)
+            for t in range(self.N):
+                x = pyro.sample(f"x{t}", dist.Bernoulli(logits=self.w[t] * x + self.b[t]))
+                if rewards:
+                    pyro.factor(f"r{t}", x)
+
+    def pyro_guide(self, B):
+        self.pyro_model(B, rewards=False)
 
     def step(self, loss):
         self.opt.zero_grad()

@@ -39,8 +39,8 @@ class Site:
     @property
     def key(self):
         """This site's part of the structure signature."""
-        return (self.name, self.role, self.coagent, self.time, tuple(self.fn.batch_shape),
-                self.plates, type(self.fn).__name__, self.mask is not None,
+        return (self.name, self.role, self.coagent, self.time, self.fn.batch_shape,
+                self.plates, type(self.fn), self.mask is not None,
                 self.infer.get("scg_reparam", False))
 
 
