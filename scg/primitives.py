@@ -15,7 +15,15 @@ from pyro.poutine.subsample_messenger import SubsampleMessenger
 
 from .asynchrony import asynchronous_message
 from .errors import ScgError
-from .runtime import RunContext, active_plates, expands_to, plate_shape, require_run, sample_site
+from .runtime import (
+    FAST_FRAMES,
+    RunContext,
+    active_plates,
+    expands_to,
+    plate_shape,
+    require_run,
+    sample_site,
+)
 
 ROLES = ("message", "env", "predict", "reward", "cost", "value")
 COSTS = ("predict", "reward", "cost")
@@ -210,6 +218,9 @@ class agents(_plate):
     def __init__(self, size, name="agents", dim=None, independent=False):
         super().__init__(name, size, dim=dim)
         self.scg_kind = "independent" if independent else "agents"
+
+
+FAST_FRAMES.update({episodes, agents})
 
 
 class steps:

@@ -18,6 +18,7 @@ Keys:
 
 import pyro
 import torch
+from pyro.poutine.mask_messenger import MaskMessenger
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.runtime import _PYRO_STACK
 
@@ -90,12 +91,47 @@ def plate_shape(plates):
     return torch.Size(shape)
 
 
+# Handler types whose effect on an scg site the fast path reproduces (registered by their
+# modules): the run context, scg's recorder and scg's plates.
+FAST_FRAMES = {RunContext, MaskMessenger}
+
+
 def sample_site(name, fn, role, coagent=None, obs=None, **extra):
     """A Pyro sample site carrying scg's metadata in its ``infer`` dict."""
-    require_run(f"scg.{role}({name!r})")
-    infer = {"scg_role": role, "scg_coagent": coagent, "scg_plates": tuple(active_plates())}
+    run = require_run(f"scg.{role}({name!r})")
+    plates = tuple(active_plates())
+    infer = {"scg_role": role, "scg_coagent": coagent, "scg_plates": plates}
     infer.update(extra)
+    if all(type(f) in FAST_FRAMES for f in _PYRO_STACK) and _plates_match(fn, plates):
+        return _fast_sample(run, name, fn, obs, infer)
     return pyro.sample(name, fn, obs=obs, infer=infer)
+
+
+def _plates_match(fn, plates):
+    shape = getattr(fn, "batch_shape", None)
+    return shape is not None and all(len(shape) >= -dim and shape[dim] == size
+                                     for _, dim, size, _ in plates)
+
+
+def _fast_sample(run, name, fn, obs, infer):
+    """``pyro.sample`` when the only handlers are scg's own: the same message, processed by
+    what those handlers do (plates: nothing, the distribution already has their sizes; the run
+    context: time, ``@t`` and the done mask; ``poutine.mask``: its mask; the recorder: the
+    site), without Pyro's generic handler-stack machinery, which costs more than a small site.
+    Any other handler (``poutine.trace``, ``condition``, a user's plate) takes the full path."""
+    msg = {"type": "sample", "name": name, "fn": fn, "is_observed": obs is not None,
+           "args": (), "kwargs": {}, "value": obs, "infer": infer, "mask": None,
+           "done": False, "stop": False, "cond_indep_stack": ()}
+    for frame in reversed(_PYRO_STACK):
+        if type(frame) is MaskMessenger:  # as MaskMessenger._process_message
+            msg["mask"] = frame.mask if msg["mask"] is None else msg["mask"] & frame.mask
+    run._process_message(msg)
+    if obs is None:
+        msg["value"] = fn()
+    for frame in _PYRO_STACK:
+        if type(frame) is not RunContext and hasattr(frame, "record_site"):
+            frame.record_site(msg)
+    return msg["value"]
 
 
 def expands_to(shape, target):

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pyro.poutine.messenger import Messenger
 
 from .errors import ScgError
+from .runtime import FAST_FRAMES
 
 
 @dataclass
@@ -53,9 +54,12 @@ class Record(Messenger):
         self.names = set()
 
     def _postprocess_message(self, msg):
-        infer = msg["infer"]
-        if msg["type"] != "sample" or "scg_role" not in infer:
+        if msg["type"] != "sample" or "scg_role" not in msg["infer"]:
             return
+        self.record_site(msg)
+
+    def record_site(self, msg):
+        infer = msg["infer"]
         name = msg["name"]
         if name in self.names:
             raise ScgError(f"site name {infer['scg_base']!r} is used twice in step "
@@ -68,6 +72,9 @@ class Record(Messenger):
         infer = msg["infer"]
         return Site(msg["name"], infer["scg_role"], infer["scg_coagent"], infer["scg_time"],
                     msg["fn"], msg["value"], msg["mask"], infer["scg_plates"], infer)
+
+
+FAST_FRAMES.add(Record)
 
 
 class Fix(Messenger):

@@ -157,3 +157,24 @@ def test_pyro_param_store_untouched():
     model, args, _ = REGISTRY["chain"]()
     scg.compile(model, baseline="critic")(*args)
     assert len(pyro.get_param_store()) == 0
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_fast_path_equals_pyro_path(name):
+    """With only scg's handlers active, sites skip Pyro's generic stack; under any other
+    handler (here an inert poutine.block) they take the full path: the same run either way."""
+    from scg.trace import run
+
+    model, args, opts = REGISTRY[name]()
+    torch.manual_seed(5)
+    fast, _ = run(model, args, {})
+    torch.manual_seed(5)
+    slow, _ = run(model, args, {}, poutine.block(hide_fn=lambda msg: False))
+    assert [s.key for s in fast] == [s.key for s in slow]
+    for a, b in zip(fast, slow):
+        assert torch.equal(a.value, b.value), a.name
+        assert (a.mask is None) == (b.mask is None)
+        assert a.mask is None or torch.equal(a.mask, b.mask)
+        assert {k: v for k, v in a.infer.items()} == {k: v for k, v in b.infer.items()}
+        assert torch.equal(a.fn.log_prob(a.value), b.fn.log_prob(b.value)) or \
+            a.role not in ("message", "env")
