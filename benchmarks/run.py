@@ -114,8 +114,9 @@ def main():
                "iteration": [], "compile": [], "variance": None, "memory": None}
 
     print("per-iteration time (median; scg / hand-written torch)")
-    works = [(f"chain N={n}", lambda n=n: Chain(n), 3 if n >= 1000 else 15) for n in chains]
-    works += [("layer of 300 units", lambda: Layer(300 if not args.quick else 30), 30),
+    reps = {10: 60, 100: 30, 1000: 9, 10000: 3}
+    works = [(f"chain N={n}", lambda n=n: Chain(n), reps[n]) for n in chains]
+    works += [("layer of 300 units", lambda: Layer(300 if not args.quick else 30), 100),
               ("talking agents (GRU, batch 512, 16 steps)",
                lambda: TalkingAgents(B=64, T=4) if args.quick else TalkingAgents(), 10)]
     for name, make, reps in works:
