@@ -268,12 +268,14 @@ class Estimator(torch.nn.Module):
         per_cost = [c.flatten(1).sum(1) * k for c, k in zip(C, T["coef"])]
         objective = sum(v.sum() for v in per_cost)
         owned = objective.new_zeros(n)
-        unowned = objective.new_zeros(())
-        for v, o in zip(per_cost, T["cost_owner"]):
-            owned = owned.index_add(0, o.clamp(min=0), v * (o >= 0))
-            unowned = unowned + (v * (o < 0)).sum()
-        score = objective.new_zeros(n)
-        critic = objective.new_zeros(n)
+        unowned = 0.0
+        for v, (own, free) in zip(per_cost, T["cost_owner"]):
+            if own is not None:
+                owned = owned.index_add(0, own[1], v[own[0]])
+            if free is not None:
+                unowned = unowned + (v[free].sum() if own is not None else v.sum())
+        score = owned
+        critic = None
         rule = B.RULES[self.options["baseline"]]
         S = {}  # suffix sums per (cost group, reduction), shared by site groups
         for i, g in enumerate(plan.sites):
@@ -294,12 +296,14 @@ class Estimator(torch.nn.Module):
             term = (lp * (kappa * (R - b)).detach()).flatten(1).sum(1)
             score = score.index_add(0, T["site_owner"][i], term - term.detach())
             for coagent, r in reg or ():
-                critic = critic.index_add(0, torch.tensor([plan.coagents.index(coagent)],
-                                                          device=r.device), (r - r.detach())[None])
-        local_terms = owned + score - critic
+                critic = (objective.new_zeros(n) if critic is None else critic).index_add(
+                    0, torch.tensor([plan.coagents.index(coagent)], device=r.device),
+                    (r - r.detach())[None])
+        local_terms = score if critic is None else score - critic
         loss = -(local_terms.sum() + unowned)
         share = unowned / max(n, 1)
-        local = {c: -(local_terms[k] + share) for k, c in enumerate(plan.coagents)}
+        neg = -(local_terms + share)
+        local = dict(zip(plan.coagents, neg.unbind()))
         stats = {"return": objective.item(), "sites": len(sites)}
         return Output(loss, local, objective, stats)
 

@@ -112,9 +112,19 @@ class Plan:
                 "kappa": [mv(k) for k in self.kappa],
                 "coef": [mv(c) for c in self.coef],
                 "site_owner": [torch.tensor(o, device=device) for o in self.site_owner],
-                "cost_owner": [torch.tensor(o, device=device) for o in self.cost_owner],
+                "cost_owner": [_owners(o, device) for o in self.cost_owner],
             }
         return self._cache[key]
+
+
+def _owners(owner, device):
+    """A cost group's owners for emission: (index of the owned costs, their coagents) or None
+    when no cost is owned, and the index of the unowned ones or None."""
+    owned = [k for k, o in enumerate(owner) if o >= 0]
+    free = [k for k, o in enumerate(owner) if o < 0]
+    own = (torch.tensor(owned, device=device), torch.tensor([owner[k] for k in owned],
+                                                             device=device)) if owned else None
+    return own, (torch.tensor(free, device=device) if free else None)
 
 
 def build(g, gamma, objective="sum", discount_score=True, cost_owner=None):
