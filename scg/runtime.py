@@ -99,6 +99,10 @@ FAST_FRAMES = {RunContext, MaskMessenger}
 def sample_site(name, fn, role, coagent=None, obs=None, **extra):
     """A Pyro sample site carrying scg's metadata in its ``infer`` dict."""
     run = require_run(f"scg.{role}({name!r})")
+    if not callable(fn):
+        raise ScgError(f"{role} {name!r}: {type(fn).__module__}.{type(fn).__name__} is not a "
+                       "Pyro distribution; use pyro.distributions (same names as "
+                       "torch.distributions)")
     plates = tuple(active_plates())
     infer = {"scg_role": role, "scg_coagent": coagent, "scg_plates": plates}
     infer.update(extra)

@@ -261,3 +261,13 @@ def test_previous_output_no_step_produced():
     with pytest.raises(scg.ScgError, match=r"message 'm' \(step 2\): no output at step 1 to "
                                            r"repeat"):
         scg.compile(skipping)(torch.zeros(2))
+
+
+def test_torch_distribution_instead_of_pyro():
+    @scg.network
+    def model(s):
+        with scg.episodes(2):
+            scg.message("m", torch.distributions.Bernoulli(logits=torch.zeros(2)), coagent="f")
+    with pytest.raises(scg.ScgError, match="message 'm': torch.distributions.bernoulli.Bernoulli "
+                                           "is not a Pyro distribution"):
+        scg.compile(model)(torch.zeros(2))
