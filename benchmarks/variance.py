@@ -51,6 +51,30 @@ def warm(est, B, iters=300):
             opt.step()
 
 
+def tracegraph_estimator(work, B, warmup=50):
+    """Pyro's TraceGraph_ELBO on the same chain (policy as model and guide, rewards as
+    factors), with its decaying-average baseline on every guide site, warmed up first."""
+    import pyro
+
+    elbo = pyro.infer.TraceGraph_ELBO()
+    infer = {"baseline": {"use_decaying_avg_baseline": True, "baseline_beta": 0.9}}
+    pyro.clear_param_store()
+
+    def guide(B):
+        work.pyro_guide(B, infer=infer)
+
+    def draw():
+        for p in (work.w, work.b):
+            p.grad = None
+        elbo.loss_and_grads(work.pyro_model, guide, B)
+        # Pyro's plates sum over episodes where scg's episodes average: divide by B
+        return -torch.cat([work.w.grad.flatten(), work.b.grad.flatten()]) / B
+
+    for _ in range(warmup):
+        draw()
+    return draw
+
+
 def variance_table(episodes=8, repeats=400, seed=0):
     torch.manual_seed(seed)
     work = Chain(10, B=episodes)
@@ -71,6 +95,8 @@ def variance_table(episodes=8, repeats=400, seed=0):
             warm(est, episodes)
         rows.append({"estimator": f"scg, baseline={baseline}",
                      "mse": mse(lambda est=est: estimate(est(episodes).loss, work))})
+    rows.append({"estimator": "Pyro TraceGraph_ELBO, decaying-average baseline",
+                 "mse": mse(tracegraph_estimator(work, episodes))})
     for r in rows:
         r["reduction"] = rows[0]["mse"] / r["mse"]
     return {"setup": f"10-unit chain, reward at every unit, {episodes} episodes per estimate, "

@@ -64,16 +64,17 @@ class Chain:
             elbo.loss_and_grads(self.pyro_model, self.pyro_guide, self.B)
             self.opt.step()
 
-    def pyro_model(self, B, rewards=True):
+    def pyro_model(self, B, rewards=True, infer=None):
         with pyro.plate("episodes", B):
             x = torch.zeros(B)
             for t in range(self.N):
-                x = pyro.sample(f"x{t}", dist.Bernoulli(logits=self.w[t] * x + self.b[t]))
+                x = pyro.sample(f"x{t}", dist.Bernoulli(logits=self.w[t] * x + self.b[t]),
+                                infer=dict(infer or {}))
                 if rewards:
                     pyro.factor(f"r{t}", x)
 
-    def pyro_guide(self, B):
-        self.pyro_model(B, rewards=False)
+    def pyro_guide(self, B, infer=None):
+        self.pyro_model(B, rewards=False, infer=infer)
 
     def step(self, loss):
         self.opt.zero_grad()
