@@ -8,18 +8,18 @@ from .derivation import derive
 from .errors import ScgError
 from .estimator import Estimator, Output, compile
 from .primitives import (
-                         agents,
-                         coagent,
-                         cost,
-                         done,
-                         env,
-                         episodes,
-                         message,
-                         network,
-                         predict,
-                         reward,
-                         steps,
-                         value,
+    agents,
+    coagent,
+    cost,
+    done,
+    env,
+    episodes,
+    message,
+    network,
+    predict,
+    reward,
+    steps,
+    value,
 )
 from .rendering import render
 

@@ -100,7 +100,7 @@ def execution_bit(name, execute, batch, where):
                        f"{execute[bad].flatten()[0].item()}")
     exec_name = f"{name}.exec"
     e = sample_site(exec_name, dist.Bernoulli(probs=execute.expand(batch)), "message", exec_name,
-              scg_execution_of=name)
+                    scg_execution_of=name)
     return e.detach().bool(), exec_name
 
 

@@ -87,7 +87,7 @@ def check(model, *args, method="auto", max_size=4096, samples=2000, directions=8
         if size > max_size:
             raise ScgError(f"the joint space has {size} values (> max_size={max_size}); raise "
                            "max_size or use method='fd'")
-        return enumerate_check(est, args, size)
+        return enumerate_check(est, args)
     return fd_check(est, args, samples, directions, eps)
 
 
@@ -152,7 +152,7 @@ def log_prob(sites):
     return total
 
 
-def enumerate_check(est, args, size):
+def enumerate_check(est, args):
     params = {c: list(ps.values()) for c, ps in est.params.items()}
     allp = list({id(p): p for ps in params.values() for p in ps}.values())
     J = E = 0.0

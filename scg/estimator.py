@@ -11,7 +11,6 @@ emit the surrogate. Its value is ``-(estimate of J)``; its gradient is ``-(estim
 
 from dataclasses import dataclass, field
 
-import pyro.distributions as dist
 import torch
 
 from . import baselines as B
@@ -19,8 +18,9 @@ from . import graph as G
 from . import plan as P
 from .errors import ScgError
 from .online import TD
-from .provenance import Analysis, Tracked
+from .provenance import Analysis
 from .recurrence import roll
+from .terms import cost, group_log_prob, predictor_log_prob
 from .trace import run
 
 OPTIONS = {
@@ -173,7 +173,7 @@ class Estimator(torch.nn.Module):
         for s in sites:
             if s.coagent is not None and s.role in ("message", "predict"):
                 lp = s.fn.log_prob(s.value.detach()) if s.role == "message" else \
-                    _predictor_log_prob(s)
+                    predictor_log_prob(s)
                 reach.setdefault(s.coagent, {}).update(_leaves(lp))
             elif s.coagent is not None:
                 reach.setdefault(s.coagent, {}).update(_leaves(s.value))
@@ -263,7 +263,7 @@ class Estimator(torch.nn.Module):
         ref = _first_tensor(sites, plan)
         T = plan.on(ref.device, ref.dtype)
         n = len(plan.coagents)
-        C = [torch.stack([_cost(sites[i]) for i in g.index]) for g in plan.costs]
+        C = [torch.stack([cost(sites[i]) for i in g.index]) for g in plan.costs]
         for g, c in zip(plan.costs, C):
             _check_finite(g, c, sites)
         per_cost = [c.flatten(1).sum(1) * k for c, k in zip(C, T["coef"])]
@@ -280,7 +280,7 @@ class Estimator(torch.nn.Module):
         rule = B.RULES[self.options["baseline"]]
         S = {}  # suffix sums per (cost group, reduction), shared by site groups
         for i, g in enumerate(plan.sites):
-            lp = _group_log_prob([sites[k] for k in g.index])
+            lp = group_log_prob([sites[k] for k in g.index])
             R = lp.new_zeros(lp.shape)
             for j in range(len(plan.costs)):
                 credit = T["credit"].get((i, j))
@@ -326,63 +326,6 @@ def _leaves(t):
     return out
 
 
-def _stale(x, name):
-    if isinstance(x, Tracked):
-        raise ScgError(f"site {name!r} uses a tensor tracked in an earlier analysis run; "
-                       "state kept between runs must be plain tensors")
-    return x
-
-
-def _masked(x, mask):
-    return x if mask is None else torch.where(mask, x, torch.zeros((), dtype=x.dtype,
-                                                                    device=x.device))
-
-
-def _log_prob(site):
-    return _stale(_masked(site.fn.log_prob(site.value.detach()), site.mask), site.name)
-
-
-# Distributions whose log-probabilities a group computes in one call from stacked logits.
-BATCHED = (dist.Bernoulli, dist.Categorical)
-
-
-def _group_log_prob(group):
-    """The masked log-probabilities of a site group, stacked ``[n, *batch]``. Bernoulli and
-    Categorical groups (one class, one number of categories) are evaluated as one distribution
-    over stacked logits: one call instead of one per site (the same values and gradients)."""
-    kind = type(group[0].fn)
-    if len(group) > 1 and kind in BATCHED and all(type(s.fn) is kind for s in group):
-        logits = [s.fn.logits for s in group]
-        if all(x.shape == logits[0].shape for x in logits):
-            lp = kind(logits=torch.stack(logits)).log_prob(
-                torch.stack([s.value.detach() for s in group]))
-            if any(s.mask is not None for s in group):
-                ones = torch.ones((), dtype=torch.bool, device=lp.device)
-                mask = torch.stack([(ones if s.mask is None else s.mask).expand(lp.shape[1:])
-                                    for s in group])
-                lp = torch.where(mask, lp, lp.new_zeros(()))
-            return _stale(lp, group[0].name)
-    return torch.stack([_log_prob(s) for s in group])
-
-
-def _cost(site):
-    if site.role == "predict":
-        v = site.infer["scg_weight"] * _predictor_log_prob(site)
-    else:
-        v = site.fn.v.expand(site.fn.batch_shape)
-        if not v.is_floating_point():
-            v = v.to(torch.get_default_dtype())
-    return _stale(_masked(v, site.mask), site.name)
-
-
-def _predictor_log_prob(site):
-    try:
-        return site.fn.log_prob(site.value)
-    except ValueError as e:
-        raise ScgError(f"predict {site.name!r} (step {site.time}): obs is NaN or outside the "
-                       f"support: {e}") from None
-
-
 def _check_finite(group, c, sites):
     if not torch.isfinite(c).all():
         bad = [n for n, x in zip(group.names, c) if not torch.isfinite(x).all()][0]
@@ -392,5 +335,5 @@ def _check_finite(group, c, sites):
 
 def _first_tensor(sites, plan):
     s = sites[plan.costs[0].index[0]]
-    v = _predictor_log_prob(s) if s.role == "predict" else s.fn.v
+    v = predictor_log_prob(s) if s.role == "predict" else s.fn.v
     return v if v.is_floating_point() else v.to(torch.get_default_dtype())

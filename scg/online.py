@@ -31,13 +31,13 @@ is minus the window's discounted return), so any torch optimiser applies it. Eac
 import torch
 
 from .errors import ScgError
+from .terms import cost, log_prob, masked
 
 
 class TD:
     """The state of an online actor-critic over one estimator's windows."""
 
     def __init__(self, est):
-        self.est = est
         self.gamma = est.gamma
         self.lam = float(est.options["lam"])
         self.average = est.options["objective"] == "average"
@@ -130,27 +130,21 @@ def _per_episode(x, site, N):
     return x.reshape(N, -1).sum(1)
 
 
-def _masked(x, mask):
-    return x if mask is None else torch.where(mask, x, x.new_zeros(()))
-
-
 def _scored(site):
     return site.role == "message" and not site.infer.get("scg_reparam", False)
 
 
 def _score(site, N):
-    return _per_episode(_masked(site.fn.log_prob(site.value.detach()), site.mask), site, N)
+    return _per_episode(log_prob(site), site, N)
 
 
 def _step_reward(at, N, like):
     """r_t per episode (detached use) and, if any, the pathwise part (predictors, costs)."""
-    from .estimator import _cost
-
     total = like.new_zeros(N)
     pathwise = None
     for s in at:
         if s.role in ("reward", "cost", "predict"):
-            c = _per_episode(_cost(s), s, N)
+            c = _per_episode(cost(s), s, N)
             total = total + c.detach()
             if c.requires_grad:
                 part = c.sum() / N
@@ -166,7 +160,7 @@ def _step_value(at, N, like):
     if not vs:
         return like.new_zeros(N)
     s = vs[0]
-    return _per_episode(_masked(s.fn.v.expand(s.fn.batch_shape), s.mask), s, N)
+    return _per_episode(masked(s.fn.v.expand(s.fn.batch_shape), s.mask), s, N)
 
 
 def _grad(y, params, retain=False):

@@ -20,6 +20,7 @@ from .runtime import (
     RunContext,
     active_plates,
     expands_to,
+    has_plate_sizes,
     plate_shape,
     require_run,
     sample_site,
@@ -190,16 +191,10 @@ class _plate(pyro.plate):
 
 
 def _broadcast_already(msg):
-    fn = msg["fn"]
-    if msg["done"] or msg["type"] != "sample" or not hasattr(fn, "batch_shape"):
+    if msg["done"] or msg["type"] != "sample":
         return False
-    shape = fn.batch_shape
-    for f in msg["cond_indep_stack"]:
-        if f.dim is None or f.size == -1:
-            continue
-        if len(shape) < -f.dim or shape[f.dim] != f.size:
-            return False
-    return True
+    return has_plate_sizes(msg["fn"], [(f.dim, f.size) for f in msg["cond_indep_stack"]
+                                       if f.dim is not None and f.size != -1])
 
 
 class episodes(_plate):

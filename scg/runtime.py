@@ -91,8 +91,8 @@ def plate_shape(plates):
     return torch.Size(shape)
 
 
-# Handler types whose effect on an scg site the fast path reproduces (registered by their
-# modules): the run context, scg's recorder and scg's plates.
+# Handler types whose effect on an scg site the fast path reproduces: the run context,
+# poutine.mask, and (registered by their modules) scg's recorder and scg's plates.
 FAST_FRAMES = {RunContext, MaskMessenger}
 
 
@@ -106,15 +106,18 @@ def sample_site(name, fn, role, coagent=None, obs=None, **extra):
     plates = tuple(active_plates())
     infer = {"scg_role": role, "scg_coagent": coagent, "scg_plates": plates}
     infer.update(extra)
-    if all(type(f) in FAST_FRAMES for f in _PYRO_STACK) and _plates_match(fn, plates):
+    if all(type(f) in FAST_FRAMES for f in _PYRO_STACK) and \
+            has_plate_sizes(fn, [(dim, size) for _, dim, size, _ in plates]):
         return _fast_sample(run, name, fn, obs, infer)
     return pyro.sample(name, fn, obs=obs, infer=infer)
 
 
-def _plates_match(fn, plates):
+def has_plate_sizes(fn, dims_sizes):
+    """Whether ``fn``'s batch shape already has each plate's size at the plate's dim (then
+    Pyro's plate broadcast would be a no-op ``expand``)."""
     shape = getattr(fn, "batch_shape", None)
     return shape is not None and all(len(shape) >= -dim and shape[dim] == size
-                                     for _, dim, size, _ in plates)
+                                     for dim, size in dims_sizes)
 
 
 def _fast_sample(run, name, fn, obs, infer):
@@ -133,7 +136,7 @@ def _fast_sample(run, name, fn, obs, infer):
     if obs is None:
         msg["value"] = fn()
     for frame in _PYRO_STACK:
-        if type(frame) is not RunContext and hasattr(frame, "record_site"):
+        if hasattr(frame, "record_site"):
             frame.record_site(msg)
     return msg["value"]
 

@@ -183,7 +183,7 @@ def test_fast_path_equals_pyro_path(name):
 def test_batched_group_log_prob_equals_per_site():
     """Bernoulli/Categorical groups are scored as one distribution over stacked logits: the
     same values and gradients as one log_prob per site (masks included)."""
-    from scg.estimator import _group_log_prob, _log_prob
+    from scg.terms import group_log_prob, log_prob
     from scg.trace import run
 
     model, args, opts = REGISTRY["async_fixed"]()
@@ -191,16 +191,16 @@ def test_batched_group_log_prob_equals_per_site():
     for prefix in ("m@", "m.exec@"):
         group = [s for s in sites if s.name.startswith(prefix)]
         assert len(group) == 2
-        a = _group_log_prob(group)
-        b = torch.stack([_log_prob(s) for s in group])
+        a = group_log_prob(group)
+        b = torch.stack([log_prob(s) for s in group])
         assert torch.allclose(a, b, atol=1e-12)
     group = [s for s in sites if s.name.startswith("m@")]
     assert all(s.mask is not None for s in group)
     est = scg.compile(model, **opts)
     est(*args)
     params = list(est.parameters("f"))
-    ga = torch.autograd.grad(_group_log_prob(group).sum(), params, retain_graph=True)
-    gb = torch.autograd.grad(torch.stack([_log_prob(s) for s in group]).sum(), params)
+    ga = torch.autograd.grad(group_log_prob(group).sum(), params, retain_graph=True)
+    gb = torch.autograd.grad(torch.stack([log_prob(s) for s in group]).sum(), params)
     assert any(x.abs().sum() > 0 for x in ga)
     for x, y in zip(ga, gb):
         assert torch.allclose(x, y, atol=1e-12)
