@@ -162,8 +162,10 @@ class Estimator(torch.nn.Module):
         if tuple(s.key for s in analysis.sites) != sig:
             raise ScgError("the model's structure changed when replayed with the same sampled "
                            "values: randomness outside scg sites? use scg.env for it")
-        g = G.build(sites, analysis.parents)
+        g = G.build(sites, analysis.parents, analysis.masks)
         owner = self._find_parameters(sites)
+        for c, o in owner.items():
+            g.nodes[c]["owner"] = o
         return P.build(g, self.gamma, self.options["objective"],
                        self.options["discount_score"], owner)
 

@@ -14,6 +14,9 @@ Node attributes:
     execution_of: on an execution coagent's site, the base name of the unit it drives.
     base: the user's site name without ``@t``.
 
+Edge attribute ``mask``: v is masked by a value computed from u (u drives v's execution bit or
+its ``scg.done`` mask).
+
 An edge u -> v means v's distribution (or a cost's value) was computed from u's value, or u's
 value escaped torch before v was emitted (the conservative fallback).
 """
@@ -24,8 +27,9 @@ from .errors import ScgError
 from .primitives import COSTS, ROLES
 
 
-def build(sites, parents):
-    """The graph of one analysed run: ``sites`` in order and ``parents[name]`` from provenance."""
+def build(sites, parents, masks=None):
+    """The graph of one analysed run: ``sites`` in order, ``parents[name]`` from provenance and
+    ``masks[name]`` (the parents reached through the site's mask)."""
     g = nx.DiGraph()
     for i, s in enumerate(sites):
         g.add_node(s.name, role=s.role, coagent=s.coagent, time=s.time, order=i,
@@ -36,7 +40,7 @@ def build(sites, parents):
     for s in sites:
         for p in parents.get(s.name, ()):
             if p in g and p != s.name:
-                g.add_edge(p, s.name)
+                g.add_edge(p, s.name, mask=p in (masks or {}).get(s.name, ()))
     validate(g)
     return g
 

@@ -113,8 +113,9 @@ class Analysis(Record):
     """Replay a run with provenance tracking; record each site's parents.
 
     ``parents[name]`` is the set of site names it reads (for a site, through its
-    distribution's parameters; for a cost, through its value), the provenance of the done mask,
-    and every site whose value escaped before it.
+    distribution's parameters; for a cost, through its value), the provenance of its mask (an
+    execution bit, a done mask), and every site whose value escaped before it; ``masks[name]``
+    is the part that reached it through the mask only.
     """
 
     def __init__(self, replay):
@@ -122,6 +123,7 @@ class Analysis(Record):
         self.id = next(_trace_ids)
         self.replay = replay
         self.parents = {}
+        self.masks = {}  # name -> sites its mask (execution bit, done) was computed from
         self.escaped = set()
         self.internal = False
 
@@ -170,10 +172,12 @@ class Analysis(Record):
                                       infer["scg_role"] == "predict" else None))
             else:
                 prov = provenance_of(msg["value"])
-            prov |= provenance_of(msg["mask"])
+            masked_by = provenance_of(msg["mask"])
         finally:
             self.internal = False
         name = msg["name"]
+        self.masks[name] = {n for _, n in masked_by}
+        prov |= masked_by
         self.parents[name] = {n for _, n in prov} | self.escaped
         if infer["scg_role"] in ("message", "env"):
             msg["value"] = Tracked(untrack(msg["value"]), {(self.id, name)})

@@ -15,7 +15,8 @@ import networkx as nx
 
 from .errors import ScgError
 
-KEEP = ("role", "coagent", "dist", "reparam", "execution_of", "plates", "shape")
+KEEP = ("role", "coagent", "dist", "reparam", "execution_of", "execute", "plates", "shape",
+        "owner")
 
 
 def split(name):
@@ -27,7 +28,8 @@ def split(name):
 def roll(g):
     """The rolled graph of an unrolled one: node attributes ``times`` (the steps the site
     occurs at; None outside steps) and the unrolled ones in ``KEEP`` (from its first occurrence);
-    edge attributes ``lags`` (sorted) and ``back`` (any lag > 0)."""
+    edge attributes ``lags`` (sorted), ``back`` (any lag > 0) and ``mask`` (any occurrence
+    reaches v through its mask)."""
     r = nx.DiGraph()
     for n in sorted(g, key=lambda n: g.nodes[n]["order"]):
         base, t = split(n)
@@ -43,10 +45,12 @@ def roll(g):
     for u, v in g.edges:
         (bu, tu), (bv, tv) = split(u), split(v)
         lag = (tv - tu) if tu is not None and tv is not None else 0
+        mask = bool(g.edges[u, v].get("mask"))
         if r.has_edge(bu, bv):
             r.edges[bu, bv]["lags"] = sorted(set(r.edges[bu, bv]["lags"]) | {lag})
+            r.edges[bu, bv]["mask"] = r.edges[bu, bv]["mask"] or mask
         else:
-            r.add_edge(bu, bv, lags=[lag])
+            r.add_edge(bu, bv, lags=[lag], mask=mask)
         r.edges[bu, bv]["back"] = max(r.edges[bu, bv]["lags"]) > 0
     return r
 
@@ -78,13 +82,15 @@ def unroll(r, T):
         g.add_node(at(n, t), time=time, order=i, **attrs)
     for u, v, a in r.edges(data=True):
         su, sv = r.nodes[u]["times"] is not None, r.nodes[v]["times"] is not None
+        mask = bool(a.get("mask"))
         if su and sv:
-            g.add_edges_from((at(u, t - lag), at(v, t)) for lag in a["lags"]
-                             for t in range(max(lag, 0), T))
+            g.add_edges_from(((at(u, t - lag), at(v, t)) for lag in a["lags"]
+                              for t in range(max(lag, 0), T)), mask=mask)
         elif su or sv:  # one end outside the loop: linked to every step of the other
-            g.add_edges_from((at(u, t), v) if su else (u, at(v, t)) for t in range(T))
+            g.add_edges_from(((at(u, t), v) if su else (u, at(v, t)) for t in range(T)),
+                             mask=mask)
         else:
-            g.add_edge(u, v)
+            g.add_edge(u, v, mask=mask)
     if not nx.is_directed_acyclic_graph(g):
         raise ScgError("the rolled graph has a cycle with no back edge: a site reads its own "
                        "output of the same step")

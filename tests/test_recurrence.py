@@ -61,7 +61,7 @@ def test_rolled_graph_has_back_edges():
     assert set(r) == {"u", "v.exec", "v", "r"}
     assert R.back_edges(r) == {("u", "u"): [1], ("v", "r"): [0, 1, 2],
                                ("v.exec", "r"): [0, 1, 2]}
-    assert r.edges["u", "v"] == {"lags": [0], "back": False}
+    assert r.edges["u", "v"] == {"lags": [0], "back": False, "mask": False}
     assert r.nodes["u"]["times"] == [0, 1, 2]
 
 
@@ -98,7 +98,7 @@ def test_render_rolled_view_dashes_back_edges():
     est = scg.compile(model)
     s = rendering.spec(est.rolled_graph(*args))
     assert s["back"] == {("u", "u"): [1], ("v", "r"): [0, 1, 2], ("v.exec", "r"): [0, 1, 2]}
-    assert next(n for n in s["nodes"] if n["name"] == "v.exec")["shape"] == "circle"
+    assert next(n for n in s["nodes"] if n["name"] == "v.exec")["kind"] == "exec"
     src = scg.render(model, *args, rolled=True).source
     assert "style=dashed" in src and "t−1" in src
 
