@@ -3,4 +3,4 @@
 # and installing it before scg keeps pip from pulling a multi-GB CUDA build.
 set -euo pipefail
 python -m pip install -q torch==2.13.0
-python -m pip install -q -e ".[dev]"
+python -m pip install -q -e ".[dev,docs]"
