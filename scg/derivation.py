@@ -353,7 +353,8 @@ def derive(model, *args, est=None, **kwargs):
 
     Args:
         model: an ``@scg.network`` function.
-        *args, **kwargs: its arguments (one run is traced to read the structure).
+        *args: its arguments (one run is traced to read the structure).
+        **kwargs: its keyword arguments.
         est: a compiled estimator whose options (γ, baseline, estimator) the rule shows;
             ``scg.compile(model)`` if None.
     """

@@ -94,4 +94,9 @@ def unroll(r, T):
     if not nx.is_directed_acyclic_graph(g):
         raise ScgError("the rolled graph has a cycle with no back edge: a site reads its own "
                        "output of the same step")
+    # execution order: by step, then the rolled order, but never against an edge (a site that
+    # first appears at a later step may run early within its step)
+    key = lambda n: (g.nodes[n]["time"], g.nodes[n]["order"])  # noqa: E731
+    for i, n in enumerate(nx.lexicographical_topological_sort(g, key=key)):
+        g.nodes[n]["order"] = i
     return g

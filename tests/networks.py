@@ -271,3 +271,80 @@ def async_bit():
                     [oh(w, 2), oh(act, 2)], -1)).squeeze(-1)), coagent="intra")
                 scg.reward("r", (act == s).double() + 0.3 * (w == 1).double())
     return model, (torch.tensor([0., 1.]),), {"gamma": 0.8}
+
+
+# Larger networks for render and derive (enumerated once each, with one episode, in
+# tests/test_derive.py): kept out of REGISTRY, which every estimator option runs on.
+SHAPES = {}
+
+
+def shape(fn):
+    SHAPES[fn.__name__] = fn
+    return fn
+
+
+@shape
+def option_critic():
+    """The option-critic's three units (Bacon et al. 2017; Kostas et al. section 7) on a
+    two-state chain: a termination unit beta(s_t, w_{t-1}) whose bit makes the policy over
+    options mu(s_t) draw w_t afresh, an intra-option policy pi(s_t, w_t), environment moves."""
+    beta, over, intra = lin(4, 1), lin(2, 2), lin(4, 2)
+
+    @scg.network
+    def model(s0):
+        N = s0.shape[0]
+        with scg.episodes(N):
+            s, w = s0, torch.zeros(N, dtype=torch.long)
+            for t in scg.steps(2):
+                if t == 0:
+                    fire = torch.ones(N, dtype=torch.bool)
+                else:
+                    fire = scg.message("term", dist.Bernoulli(logits=beta(torch.cat(
+                        [oh(s, 2), oh(w, 2)], -1)).squeeze(-1)), coagent="termination").bool()
+                w = scg.message("option", dist.Categorical(logits=over(oh(s, 2))),
+                                coagent="policy_over_options", execute=fire)
+                a = scg.message("action", dist.Categorical(logits=intra(torch.cat(
+                    [oh(s, 2), oh(w, 2)], -1))), coagent="intra_option")
+                scg.reward("r", (a == s).double() + 0.5 * (w == s).double())
+                if t == 0:
+                    s = scg.env("s", dist.Categorical(probs=OC_MOVES[a]))
+    model.units = {"beta": beta, "over": over, "intra": intra}
+    return model, (torch.tensor([0, 1]),), {"gamma": 0.9}
+
+
+OC_MOVES = torch.tensor([[0.8, 0.2], [0.3, 0.7]], dtype=torch.double)  # P(s_1 | a_0)
+
+
+class Agent(torch.nn.Module):
+    """One talking agent: a single parameter set shared by its message policy and predictor.
+    State: the last datum it saw and the partner's last message."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = lin(4, 3)
+
+    def forward(self, d, heard):
+        z = self.body(torch.cat([oh(d, 2), oh(heard, 2)], -1))
+        return z[..., 0], z[..., 1:]  # message logit, prediction logits
+
+
+@shape
+def talking_agents():
+    """Seed 000's talking agents, Moore timing: at each step both speak from their state, then
+    each predicts D_t from the partner's message; the reward is both log-likelihoods."""
+    A, B = Agent(), Agent()
+    chain = torch.tensor([[0.9, 0.1], [0.2, 0.8]], dtype=torch.double)
+
+    @scg.network
+    def model(d0):
+        N = d0.shape[0]
+        with scg.episodes(N):
+            d, ha, hb = d0, torch.zeros(N, dtype=torch.long), torch.zeros(N, dtype=torch.long)
+            for _ in scg.steps(2):  # ha, hb: what A and B heard last
+                ma = scg.message("mA", dist.Bernoulli(logits=A(d, ha)[0]), coagent="A").long()
+                mb = scg.message("mB", dist.Bernoulli(logits=B(d, hb)[0]), coagent="B").long()
+                seen, d = d, scg.env("D", dist.Categorical(probs=chain[d]))
+                scg.predict("predA", dist.Categorical(logits=A(seen, mb)[1]), obs=d, coagent="A")
+                scg.predict("predB", dist.Categorical(logits=B(seen, ma)[1]), obs=d, coagent="B")
+                ha, hb = mb, ma
+    return model, (torch.tensor([0, 1]),), {"gamma": 0.9}

@@ -125,10 +125,11 @@ def test_render_spec_and_svg():
 
 def test_derive_lists_each_coagents_rule():
     model, args, opts = REGISTRY["recurrent_steps"]()
-    text = scg.derive(model, *args)
-    assert "coagent f:" in text and "coagent q:" in text
-    assert "γ^2·∇ log π(m@2 | m@0, m@1)" in text
-    assert "G = γ^0·p@2 + γ^0·r@2" in text
+    text = str(scg.derive(model, *args, est=scg.compile(model, **opts)))
+    assert "coagent f\n" in text and "coagent q\n" in text
+    assert "Δθ_f ∝ Σ_t γ^t ∇ log π_f(m_t | m_{t−1}, m_{t−2}) (G^m_t − b^m_t)" in text
+    assert "G_t = Σ_{t' ≥ t} γ^(t'−t) log q_q(p_t') + Σ_{t' ≥ t} γ^(t'−t) r_t'" in text
+    assert "Δθ_q ∝ Σ_t γ^t ∇ log q_q(p_t | m_t)" in text
 
 
 def test_state_dict_roundtrip_and_parameters():

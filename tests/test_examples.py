@@ -26,7 +26,7 @@ def final_reward(out):
 def test_signalling_smoke():
     out = run_example("--smoke")
     assert "=== learning rules (scg.derive) ===" in out
-    assert "coagent sender:" in out and "coagent receiver:" in out
+    assert "coagent sender\n" in out and "coagent receiver\n" in out
     assert "=== learned table ===" in out
     rows = re.findall(r"^\s+(\d)\s+(\d) \(\d\.\d\d\)\s+(\d) \(\d\.\d\d\)$", out,
                       re.MULTILINE)
