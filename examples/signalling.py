@@ -13,12 +13,12 @@ import time
 from dataclasses import dataclass
 
 import pyro
-import pyro.distributions as dist
 import torch
 from common import parse
 from torch.nn.functional import one_hot
 
 import scg
+from models.signalling import N_MESSAGES, N_STATES, make_network, sample_states
 
 
 # ============================================================================================
@@ -51,32 +51,6 @@ def parse_args():
     if args.smoke:
         args.updates, args.batch, args.log_every, args.eval_batch = 20, 16, 5, 256
     return args
-
-
-# ============================================================================================
-# The network: two coagents, one reward
-# ============================================================================================
-N_STATES, N_MESSAGES = 4, 8
-
-
-def make_network():
-    sender = torch.nn.Linear(N_STATES, N_MESSAGES)
-    receiver = torch.nn.Linear(N_MESSAGES, N_STATES)
-
-    @scg.network
-    def signalling(state):                                   # state: LongTensor[batch]
-        with scg.episodes(state.shape[0]):                   # independent episodes, averaged
-            x = one_hot(state, N_STATES).float()
-            m = scg.message("m", dist.Categorical(logits=sender(x)), coagent="sender")
-            y = one_hot(m, N_MESSAGES).float()
-            a = scg.message("a", dist.Categorical(logits=receiver(y)), coagent="receiver")
-            scg.reward("r", (a == state).float())
-
-    return signalling, sender, receiver
-
-
-def sample_states(n):
-    return torch.randint(0, N_STATES, (n,))
 
 
 # ============================================================================================

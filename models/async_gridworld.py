@@ -136,3 +136,19 @@ class Gridworld:
 
     def _index(self, s, b1, b2, a):
         return ((s * 2 + b1) * 2 + b2) * 4 + a
+
+
+@scg.zoo.register("async_gridworld", "Kostas et al. appendix D: three asynchronous coagents "
+                  "(execution probability 0.5) on a 4x4 gridworld")
+def build(batch=64, rows=4, cols=4, horizon=30):
+    """The zoo entry: episodes of the 4x4 world for training; for ``scg check``, the 1x2 world
+    over two steps, one episode (1,629 joint values once finished episodes stop branching;
+    about 30 s to enumerate on one CPU core)."""
+    world = Gridworld(rows, cols, horizon)
+    th = world.units(torch.float32)
+    tiny = Gridworld(1, 2, 2)
+    return scg.zoo.Setup(network=world.episodes(th), inputs=lambda step: (batch,),
+                         example=(2,), options={"baseline": "loo"},
+                         train={"lr": 0.05, "updates": 200}, modules=th,
+                         check=(tiny.episodes(tiny.units()), (1,), {"max_size": 2 ** 14}),
+                         episodes_per_update=batch)

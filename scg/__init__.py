@@ -3,6 +3,7 @@
 References: Williams 1992; Thomas & Barto 2011; Schulman et al. 2015; Kostas, Nota & Thomas 2020.
 """
 
+from . import zoo  # noqa: E402  (after the names zoo models use)
 from .checking import check
 from .derivation import derive
 from .errors import ScgError
@@ -22,7 +23,8 @@ from .primitives import (
     value,
 )
 from .rendering import render
+from .training import Trainer, train
 
 __all__ = ["agents", "check", "coagent", "compile", "cost", "derive", "done", "env", "episodes",
            "Estimator", "message", "network", "Output", "predict", "render", "reward",
-           "ScgError", "steps", "value"]
+           "ScgError", "steps", "Trainer", "train", "value", "zoo"]

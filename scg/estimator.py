@@ -9,6 +9,7 @@ emit the surrogate. Its value is ``-(estimate of J)``; its gradient is ``-(estim
 (the score part and critic regressions enter with zero value, as ``x - x.detach()``).
 """
 
+import inspect
 from dataclasses import dataclass, field
 
 import torch
@@ -112,12 +113,12 @@ class Estimator(torch.nn.Module):
 
     def graph(self, *args, **kwargs):
         """The dependency graph of a run with these arguments (the last analysed if none)."""
-        if args or kwargs:
-            sites, _ = run(self.model, args, kwargs)
-            return self.plan_for(sites, args, kwargs).graph
-        if self.last_plan is None:
+        if not args and not kwargs and self.last_plan is not None:
+            return self.last_plan.graph
+        if not args and not kwargs and not _takes_no_arguments(self.model):
             raise ScgError("no structure analysed yet: call est.graph(*args)")
-        return self.last_plan.graph
+        sites, _ = run(self.model, args, kwargs)
+        return self.plan_for(sites, args, kwargs).graph
 
     def rolled_graph(self, *args, **kwargs):
         """The rolled graph (one node per site name, back edges to earlier steps): see
@@ -309,6 +310,14 @@ class Estimator(torch.nn.Module):
         local = dict(zip(plan.coagents, neg.unbind()))
         stats = {"return": objective.item(), "sites": len(sites)}
         return Output(loss, local, objective, stats)
+
+
+def _takes_no_arguments(model):
+    try:
+        inspect.signature(getattr(model, "__wrapped__", model)).bind()
+        return True
+    except (TypeError, ValueError):
+        return False
 
 
 def _leaves(t):

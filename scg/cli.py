@@ -1,0 +1,172 @@
+"""The ``scg`` command (also ``python -m scg``): list, train, draw, derive and check models.
+
+A MODEL is a zoo name (``scg models`` lists them) or ``path/to/file.py:function``, where the
+function returns an :class:`scg.zoo.Setup` or is an ``@scg.network`` taking no arguments.
+
+    scg models
+    scg train signalling --updates 400 --seed 1 --out runs/signalling
+    scg render async_gridworld -o gridworld.svg --rolled --credit
+    scg derive signalling [--latex]
+    scg check signalling
+"""
+
+import argparse
+import math
+import os
+import sys
+
+from . import zoo
+from .errors import ScgError
+
+FORMATS = ("svg", "png", "pdf", "dot", "gv")
+
+
+def parser():
+    p = argparse.ArgumentParser(prog="scg", description="coagent networks: list, train, "
+                                "render, derive and check models")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("models", help="list the zoo's models")
+
+    t = sub.add_parser("train", help="train a model; writes metrics, checkpoints, a plot")
+    t.add_argument("model")
+    n = t.add_mutually_exclusive_group()
+    n.add_argument("--updates", type=int, help="gradient updates (default: the model's)")
+    n.add_argument("--episodes", type=int, help="training episodes, rounded up to whole "
+                   "updates of the model's batch")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", default=None, help="output folder (default runs/MODEL)")
+    t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--optimizer", default=None)
+    t.add_argument("--schedule", default=None, help="constant, robbins-monro or cosine")
+    t.add_argument("--baseline", default=None, help="none, avg, loo or critic")
+    t.add_argument("--per-coagent", action="store_true",
+                   help="one optimiser per coagent, on its local loss")
+    t.add_argument("--checkpoint-every", type=int, default=50)
+    t.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
+    t.add_argument("--tensorboard", action="store_true")
+    t.add_argument("--no-progress", action="store_true")
+
+    r = sub.add_parser("render", help="draw the network with graphviz")
+    r.add_argument("model")
+    r.add_argument("-o", "--output", required=True,
+                   help=f"file to write; format from its suffix: {', '.join(FORMATS)}")
+    v = r.add_mutually_exclusive_group()
+    v.add_argument("--rolled", action="store_true", help="one node per site, back edges")
+    v.add_argument("--unrolled", type=int, metavar="T", help="unroll the rolled graph T steps")
+    r.add_argument("--credit", action="store_true", help="overlay credited costs")
+
+    d = sub.add_parser("derive", help="print each coagent's learning rule")
+    d.add_argument("model")
+    d.add_argument("--latex", action="store_true")
+
+    c = sub.add_parser("check", help="estimator vs exact enumeration or finite differences")
+    c.add_argument("model")
+    c.add_argument("--method", default="auto", choices=["auto", "enumerate", "fd"])
+    return p
+
+
+def main(argv=None):
+    """Run the CLI; returns the exit status (0 ok, 1 a failed check, 2 bad input)."""
+    args = parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ScgError as e:
+        print(f"scg: error: {e}", file=sys.stderr)
+        return 2
+
+
+def models(args):
+    for name, summary in zoo.names().items():
+        print(f"{name:20s} {summary}")
+    return 0
+
+
+def train(args):
+    from .training import Trainer
+
+    s = zoo.load(args.model)
+    options = dict(s.options)
+    if args.baseline:
+        options["baseline"] = args.baseline
+    kw = {k: v for k, v in s.train.items() if k != "updates"}
+    for key in ("lr", "optimizer", "schedule"):
+        if getattr(args, key) is not None:
+            kw[key] = getattr(args, key)
+    updates = args.updates or s.train.get("updates", 100)
+    if args.episodes is not None:
+        updates = math.ceil(args.episodes / s.episodes_per_update)
+    if updates < 1:
+        raise ScgError(f"--updates/--episodes must give at least one update, got {updates}")
+    out = args.out or os.path.join("runs", _slug(args.model))
+    trainer = Trainer(s.network, s.inputs, seed=args.seed, out=out, modules=s.modules,
+                      checkpoint_every=args.checkpoint_every, progress=not args.no_progress,
+                      tensorboard=args.tensorboard, per_coagent=args.per_coagent,
+                      **kw, **options)
+    if not args.no_resume and trainer.resume(total=updates):
+        print(f"resumed from {trainer.checkpoint_path} at update {trainer.step}")
+    history = trainer.fit(updates)
+    trainer.save()
+    plot = trainer.plot()
+    last = history[-min(len(history), 20):]
+    mean = sum(r["objective"] for r in last) / max(len(last), 1)
+    print(f"{args.model}: {trainer.step} updates; mean estimated return over the last "
+          f"{len(last)} updates {mean:.4f}")
+    print(f"wrote {os.path.join(out, 'metrics.csv')}, {trainer.checkpoint_path}, {plot}")
+    return 0
+
+
+def render(args):
+    from .estimator import compile
+    from .rendering import render as draw
+
+    s = zoo.load(args.model)
+    fmt = os.path.splitext(args.output)[1].lstrip(".").lower()
+    if fmt not in FORMATS:
+        raise ScgError(f"cannot tell the format of {args.output!r}; use a suffix among "
+                       f"{', '.join('.' + f for f in FORMATS)}")
+    dot = draw(s.network, *s.example, est=compile(s.network, **s.options), rolled=args.rolled,
+               unrolled=args.unrolled, credit=args.credit)
+    if fmt in ("dot", "gv"):
+        with open(args.output, "w") as f:
+            f.write(dot.source)
+    else:
+        import graphviz
+
+        try:
+            data = dot.pipe(format=fmt)
+        except graphviz.ExecutableNotFound as e:
+            raise ScgError("graphviz's dot binary is not installed (apt-get install graphviz);"
+                           " write a .dot file instead") from e
+        with open(args.output, "wb") as f:
+            f.write(data)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def derive(args):
+    from .derivation import derive as rules
+    from .estimator import compile
+
+    s = zoo.load(args.model)
+    d = rules(s.network, *s.example, est=compile(s.network, **s.options))
+    print(d.latex() if args.latex else d)
+    return 0
+
+
+def check(args):
+    from .checking import check as run_check
+
+    s = zoo.load(args.model)
+    network, example, options = s.check or (s.network, s.example, s.options)
+    report = run_check(network, *example, method=args.method, **options)
+    print(report)
+    return 0 if report.ok else 1
+
+
+def _slug(model):
+    return os.path.splitext(os.path.basename(model.split(":")[0]))[0] + (
+        "_" + model.rsplit(":", 1)[1] if ":" in model else "")
+
+
+COMMANDS = {"models": models, "train": train, "render": render, "derive": derive,
+            "check": check}

@@ -1,0 +1,387 @@
+"""Training a compiled network: the loop researchers otherwise rewrite for every experiment.
+
+``scg.Trainer(model, inputs, ...)`` runs updates of the Monte Carlo estimator with either one
+optimiser over every parameter (``per_coagent=False``: step on the total loss) or one optimiser
+per coagent, each stepping on the gradient of *its own local loss* (coagent policy gradient
+theorem: for parameters a coagent owns alone this is the global gradient; a parameter shared by
+several coagents is stepped by a ``shared`` optimiser on the sum of their local gradients).
+
+Around the loop: step-size schedules (Robbins–Monro, cosine, any ``step -> factor``), seeding,
+a progress bar (tqdm), metrics to CSV and TensorBoard, a learning-curve plot (matplotlib), and
+checkpoints written atomically that resume *exactly*: parameters, optimiser and schedule state,
+baselines and critics, the metrics so far, and the random state of torch, Python and numpy.
+"""
+
+import csv
+import math
+import os
+import time
+
+import pyro
+import torch
+
+from . import checkpoint as C
+from .errors import ScgError
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
+              "rmsprop": torch.optim.RMSprop, "adagrad": torch.optim.Adagrad}
+
+
+# ---- step-size schedules ---------------------------------------------------------------------
+def robbins_monro(tau=100.0, kappa=1.0):
+    """Step-size factor ``(1 + t / tau)^(-kappa)``: for 1/2 < kappa <= 1 the step sizes sum to
+    infinity and their squares do not (Robbins & Monro 1951), the condition of the stochastic
+    approximation convergence results policy-gradient coagents rely on."""
+    if not 0.5 < kappa <= 1.0:
+        raise ScgError(f"robbins_monro: kappa must be in (0.5, 1] (sum of steps infinite, sum of "
+                       f"squares finite), got {kappa}")
+    if tau <= 0:
+        raise ScgError(f"robbins_monro: tau must be > 0, got {tau}")
+    return lambda t: (1.0 + t / tau) ** (-kappa)
+
+
+def cosine(total):
+    """Step-size factor from 1 down to 0 over ``total`` updates along half a cosine."""
+    return lambda t: 0.5 * (1.0 + math.cos(math.pi * min(t, total) / total))
+
+
+SCHEDULES = {"constant": lambda total: (lambda t: 1.0),
+             "robbins-monro": lambda total: robbins_monro(),
+             "cosine": cosine}
+
+
+def schedule(spec, total):
+    """A ``step -> factor`` function from a name (``constant``, ``robbins-monro``, ``cosine``),
+    a callable, or None (constant)."""
+    if spec is None:
+        spec = "constant"
+    if callable(spec):
+        return spec
+    if spec not in SCHEDULES:
+        raise ScgError(f"unknown schedule {spec!r}; valid: {sorted(SCHEDULES)} or a callable "
+                       "step -> factor (e.g. scg.training.robbins_monro(tau, kappa))")
+    return SCHEDULES[spec](total)
+
+
+def _optimizer(spec, params, lr):
+    if callable(spec) and not isinstance(spec, str):
+        return spec(params, lr)
+    if str(spec).lower() not in OPTIMIZERS:
+        raise ScgError(f"unknown optimizer {spec!r}; valid: {sorted(OPTIMIZERS)} or a callable "
+                       "(params, lr) -> torch.optim.Optimizer")
+    return OPTIMIZERS[str(spec).lower()](params, lr=lr)
+
+
+# ---- the trainer -----------------------------------------------------------------------------
+class Trainer:
+    """Train ``model`` (an ``@scg.network`` or a compiled :class:`scg.Estimator`) on
+    ``inputs``: a callable ``step -> args`` (a tuple, or one tensor) or fixed args.
+
+    Args:
+        optimizer: ``adam``, ``adamw``, ``sgd``, ``rmsprop``, ``adagrad`` or a callable
+            ``(params, lr) -> Optimizer``.
+        lr: a step size, or (``per_coagent=True``) a dict coagent -> step size; coagents not
+            named, and the ``shared`` group, use ``lr["default"]`` (0.01 if absent).
+        per_coagent: one optimiser per coagent, stepping on its local loss.
+        schedule: ``constant``, ``robbins-monro``, ``cosine`` or a callable ``step -> factor``.
+        seed: seeds torch, Python and numpy (``pyro.set_rng_seed``) before anything runs.
+        out: a folder for ``metrics.csv``, ``checkpoint.pt``, ``tensorboard/`` and plots.
+        checkpoint_every: write a checkpoint every this many updates (0: only on request).
+        progress: show a progress bar with the estimated return and the losses.
+        tensorboard: also log metrics to TensorBoard (needs the ``tensorboard`` package).
+        max_grad_norm: clip the global gradient norm (None: no clipping).
+        modules: ``nn.Module`` or dict of them holding the model's parameters; checkpoints then
+            name parameters by module path instead of by discovery order.
+        **options: compile options when ``model`` is a network (``gamma``, ``baseline``, ...).
+    """
+
+    def __init__(self, model, inputs, *, optimizer="adam", lr=0.01, per_coagent=False,
+                 schedule=None, seed=None, out=None, checkpoint_every=0, progress=True,
+                 tensorboard=False, max_grad_norm=None, modules=None, **options):
+        from .estimator import Estimator, compile
+
+        if isinstance(model, Estimator):
+            if options:
+                raise ScgError(f"compile options {sorted(options)} given with an already "
+                               "compiled estimator: pass them to scg.compile instead")
+            self.est = model
+        else:
+            self.est = compile(model, **options)
+        if self.est.td is not None:
+            raise ScgError("Trainer runs the Monte Carlo estimator; estimator='td' updates "
+                           "window by window and needs est.finish() at episode ends: write "
+                           "that loop with est(...) directly (see docs/asynchrony.md)")
+        if checkpoint_every and out is None:
+            raise ScgError("checkpoint_every needs out= (the folder for checkpoint.pt)")
+        if tensorboard and out is None:
+            raise ScgError("tensorboard=True needs out= (the folder for its event files)")
+        self.inputs = inputs if callable(inputs) else (lambda step: inputs)
+        self.optimizer, self.lr, self.per_coagent = optimizer, lr, per_coagent
+        self.schedule_spec, self.max_grad_norm = schedule, max_grad_norm
+        self.out, self.checkpoint_every, self.progress = out, checkpoint_every, progress
+        self.tensorboard, self.modules = tensorboard, modules
+        self.step, self.history, self.groups = 0, [], None
+        self._writer, self._total = None, None
+        if seed is not None:
+            pyro.set_rng_seed(seed)
+
+    # ---- set-up ------------------------------------------------------------------------------
+    def _args(self, step):
+        args = self.inputs(step)
+        return args if isinstance(args, tuple) else (args,)
+
+    def _setup(self, total):
+        """Discover parameters with one run (no baseline update), then build the optimisers:
+        ``groups`` maps a group name (``all``, a coagent or ``shared``) to (params, optimiser,
+        scheduler)."""
+        if self.groups is not None:
+            return
+        self._total = total
+        self.est.run(self._args(0), {}, update=False)
+        if self.per_coagent:
+            shared = set(self.est.shared)
+            named = {c: [p for p in self.est.parameters(c) if id(p) not in shared]
+                     for c in self.est.params}
+            named["shared"] = [p for p in self.est.parameters() if id(p) in shared]
+            lrs = self.lr if isinstance(self.lr, dict) else {"default": self.lr}
+            unknown = set(lrs) - set(named) - {"default"}
+            if unknown:
+                raise ScgError(f"lr names unknown coagent(s) {sorted(unknown)}; coagents: "
+                               f"{sorted(self.est.params)} (and 'shared', 'default')")
+            rates = {g: lrs.get(g, lrs.get("default", 0.01)) for g in named}
+        else:
+            if isinstance(self.lr, dict):
+                raise ScgError("a dict of step sizes needs per_coagent=True")
+            named, rates = {"all": list(self.est.parameters())}, {"all": self.lr}
+        factor = schedule(self.schedule_spec, total)
+        self.groups = {}
+        for g, ps in named.items():
+            if ps:
+                opt = _optimizer(self.optimizer, ps, rates[g])
+                sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+                self.groups[g] = (ps, opt, sched)
+
+    # ---- one update --------------------------------------------------------------------------
+    def update(self):
+        """One run, one gradient step on every group; returns the metrics row."""
+        t0 = time.perf_counter()
+        out = self.est(*self._args(self.step))
+        for c, loss in [("total", out.loss)] + sorted(out.local.items()):
+            if not torch.isfinite(loss).all():
+                raise ScgError(f"update {self.step}: the local loss of coagent {c!r} is "
+                               f"{loss.item()}; no step taken (the last checkpoint and the "
+                               "parameters are as before this update)")
+        for _, opt, _ in self.groups.values():
+            opt.zero_grad(set_to_none=True)
+        if self.per_coagent:
+            for c, loss in out.local.items():
+                ps = list(self.est.parameters(c)) if c in self.est.params else []
+                ps = [p for p in ps if p.requires_grad]
+                if ps and loss.requires_grad:
+                    torch.autograd.backward(loss, inputs=ps, retain_graph=True)
+        else:
+            out.loss.backward()
+        if self.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(
+                [p for ps, _, _ in self.groups.values() for p in ps], self.max_grad_norm)
+        for _, opt, sched in self.groups.values():
+            opt.step()
+            sched.step()
+        self.step += 1
+        row = {"step": self.step, "objective": float(torch.as_tensor(out.objective).detach()),
+               "loss": float(out.loss.detach())}
+        row.update({f"loss/{c}": float(v.detach()) for c, v in sorted(out.local.items())})
+        row.update({f"lr/{g}": opt.param_groups[0]["lr"] for g, (_, opt, _) in
+                    self.groups.items()})
+        row["seconds"] = time.perf_counter() - t0
+        return row
+
+    def fit(self, updates):
+        """Train until ``updates`` updates have been done in total (a resumed trainer goes on
+        from its checkpoint's step). Returns the metrics history (a list of dicts)."""
+        if not isinstance(updates, int) or updates < 0:
+            raise ScgError(f"fit: updates must be a non-negative int, got {updates!r}")
+        self._setup(updates)
+        bar = _progress(self.progress, updates, self.step)
+        try:
+            while self.step < updates:
+                row = self.update()
+                self.history.append(row)
+                self._log(row)
+                bar.update(1)
+                bar.set_postfix(J=f"{row['objective']:.4g}", loss=f"{row['loss']:.4g}",
+                                refresh=False)
+                if self.checkpoint_every and self.step % self.checkpoint_every == 0:
+                    self.save()
+        finally:
+            bar.close()
+            if self._writer is not None:
+                self._writer.flush()
+        return self.history
+
+    # ---- metrics ----------------------------------------------------------------------------
+    def _log(self, row):
+        if self.out is None:
+            return
+        path = os.path.join(self.out, "metrics.csv")
+        os.makedirs(self.out, exist_ok=True)
+        if len(self.history) == 1 or not os.path.exists(path) or \
+                set(row) - set(self.history[0]):
+            write_csv(path, self.history)
+        else:
+            with open(path, "a", newline="") as f:
+                csv.DictWriter(f, fieldnames=list(self.history[0]),
+                               extrasaction="ignore").writerow(row)
+        if self.tensorboard:
+            writer = self._tensorboard()
+            for k, v in row.items():
+                if k != "step":
+                    writer.add_scalar(k, v, row["step"])
+
+    def _tensorboard(self):
+        if self._writer is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:
+                raise ScgError("tensorboard=True needs the tensorboard package: pip install "
+                               "tensorboard (or scg[dev])") from e
+            self._writer = SummaryWriter(os.path.join(self.out, "tensorboard"),
+                                         purge_step=self.step or None)
+        return self._writer
+
+    def plot(self, path=None, smooth=20):
+        """The learning curve (estimated return, and each coagent's local loss) as a PNG."""
+        return plot(self.history, path or os.path.join(self.out or ".", "learning_curve.png"),
+                    smooth)
+
+    # ---- checkpoints ------------------------------------------------------------------------
+    @property
+    def checkpoint_path(self):
+        if self.out is None:
+            raise ScgError("no out= folder: pass a path to save()/resume()")
+        return os.path.join(self.out, "checkpoint.pt")
+
+    def _parameters(self):
+        """Name -> parameter: module paths when ``modules`` is given, else discovery order."""
+        if self.modules is not None:
+            mods = self.modules if isinstance(self.modules, dict) else {"model": self.modules}
+            return {f"{k}.{n}": p for k, m in mods.items() for n, p in m.named_parameters()}
+        ps = {id(p): p for ps in self.est.params.values() for p in ps.values()}
+        return {f"p{i}": p for i, p in enumerate(ps.values())}
+
+    def state_dict(self):
+        """Everything an exact resume needs."""
+        return {"step": self.step, "history": list(self.history),
+                "parameters": {k: p.detach().clone() for k, p in self._parameters().items()},
+                "estimator": self.est.state_dict(),
+                "optimizers": {g: opt.state_dict() for g, (_, opt, _) in self.groups.items()},
+                "schedulers": {g: s.state_dict() for g, (_, _, s) in self.groups.items()},
+                "rng": C.rng_state()}
+
+    def load_state_dict(self, state, total=None):
+        self._setup(total if total is not None else self._total or state["step"])
+        params = self._parameters()
+        saved = state["parameters"]
+        if set(saved) != set(params) or any(saved[k].shape != params[k].shape for k in saved):
+            raise ScgError(f"checkpoint parameters {sorted(saved)} do not match this model's "
+                           f"{sorted(params)} (shapes included): a different model, or "
+                           "parameters discovered in another order (pass modules=)")
+        if set(state["optimizers"]) != set(self.groups):
+            raise ScgError(f"checkpoint optimiser groups {sorted(state['optimizers'])} differ "
+                           f"from this trainer's {sorted(self.groups)} (per_coagent changed?)")
+        with torch.no_grad():
+            for k, p in params.items():
+                p.copy_(saved[k])
+        self.est.load_state_dict(state["estimator"])
+        for g, (_, opt, sched) in self.groups.items():
+            opt.load_state_dict(state["optimizers"][g])
+            sched.load_state_dict(state["schedulers"][g])
+        self.step, self.history = state["step"], list(state["history"])
+        C.set_rng_state(state["rng"])
+        if self.out is not None and self.history:
+            write_csv(os.path.join(self.out, "metrics.csv"), self.history)
+
+    def save(self, path=None):
+        """Write a checkpoint atomically (default ``out/checkpoint.pt``); returns its path."""
+        path = path or self.checkpoint_path
+        C.save(path, self.state_dict())
+        return path
+
+    def resume(self, path=None, total=None):
+        """Load the checkpoint at ``path`` (default ``out/checkpoint.pt``) if it exists.
+        Returns True if training state was restored."""
+        path = path or self.checkpoint_path
+        if not os.path.exists(path):
+            return False
+        self.load_state_dict(C.load(path), total)
+        return True
+
+
+def train(model, inputs, updates, resume=True, **kwargs):
+    """Build a :class:`Trainer` (keyword arguments as there), resume from ``out/checkpoint.pt``
+    if ``resume`` and one exists, run ``updates`` updates in total, and return the trainer."""
+    trainer = Trainer(model, inputs, **kwargs)
+    if resume and trainer.out is not None:
+        trainer.resume(total=updates)
+    trainer.fit(updates)
+    return trainer
+
+
+# ---- output ------------------------------------------------------------------------------------
+def write_csv(path, history):
+    """Write a metrics history to ``path`` (all keys of all rows as columns), atomically."""
+    keys = list(dict.fromkeys(k for row in history for k in row))
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(history)
+    os.replace(tmp, path)
+
+
+def read_csv(path):
+    """A metrics history from a CSV file written by the trainer (numbers as floats)."""
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+
+
+def plot(history, path, smooth=20):
+    """Plot a metrics history (a list of dicts, or a CSV path) to ``path``: the estimated
+    return per update with its moving average, and each coagent's local loss."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if isinstance(history, (str, os.PathLike)):
+        history = read_csv(history)
+    if not history:
+        raise ScgError("plot: the metrics history is empty")
+    steps = [r["step"] for r in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ys = [r["objective"] for r in history]
+    a.plot(steps, ys, alpha=0.35, label="estimate of J per update")
+    k = max(1, min(smooth, len(ys)))
+    avg = [sum(ys[max(0, i - k + 1):i + 1]) / len(ys[max(0, i - k + 1):i + 1])
+           for i in range(len(ys))]
+    a.plot(steps, avg, label=f"moving average ({k})")
+    a.set_xlabel("update")
+    a.set_ylabel("return")
+    a.legend()
+    for key in sorted({k for r in history for k in r if k.startswith("loss/")}):
+        b.plot(steps, [r.get(key, float("nan")) for r in history], label=key[5:])
+    b.set_xlabel("update")
+    b.set_ylabel("local loss")
+    b.legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _progress(enabled, total, initial):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, dynamic_ncols=True,
+                desc="scg train")

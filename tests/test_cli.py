@@ -1,0 +1,85 @@
+"""The scg command, run in-process: models, train (with resume), render, derive, check, and the
+errors that say what is valid."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from scg.cli import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_models_lists_the_zoo(capsys):
+    code, out, _ = run(capsys, "models")
+    assert code == 0 and "signalling" in out and "async_gridworld" in out
+
+
+def test_train_writes_metrics_checkpoint_plot_and_resumes(capsys, tmp_path):
+    out = str(tmp_path / "run")
+    code, text, _ = run(capsys, "train", "signalling", "--updates", "4", "--seed", "2",
+                        "--out", out, "--no-progress", "--checkpoint-every", "2")
+    assert code == 0 and "4 updates" in text
+    assert sorted(os.listdir(out)) == ["checkpoint.pt", "learning_curve.png", "metrics.csv"]
+    code, text, _ = run(capsys, "train", "signalling", "--episodes", "384", "--out", out,
+                        "--no-progress")  # 384 episodes = 6 updates of 64: resumes at 4
+    assert code == 0 and "resumed from" in text and "at update 4" in text and "6 updates" in text
+
+
+def test_render_formats(capsys, tmp_path):
+    dot = tmp_path / "g.dot"
+    code, _, _ = run(capsys, "render", "async_gridworld", "-o", str(dot), "--rolled", "--credit")
+    assert code == 0 and "b1.exec" in dot.read_text() and "style=dashed" in dot.read_text()
+    code, _, err = run(capsys, "render", "signalling", "-o", str(tmp_path / "g.jpeg2"))
+    assert code == 2 and "cannot tell the format" in err and ".svg" in err
+    if shutil.which("dot"):
+        svg = tmp_path / "g.svg"
+        assert run(capsys, "render", "signalling", "-o", str(svg), "--unrolled", "2")[0] == 0
+        assert "<svg" in svg.read_text()
+
+
+def test_derive_and_check(capsys):
+    code, out, _ = run(capsys, "derive", "signalling")
+    assert code == 0 and "Δθ_sender ∝ ∇ log π_sender(m | model inputs)" in out
+    code, out, _ = run(capsys, "derive", "async_gridworld", "--latex")
+    assert code == 0 and out.startswith("\\begin{align*}")
+    code, out, _ = run(capsys, "check", "signalling")
+    assert code == 0 and "enumerate" in out and "OK" in out
+
+
+def test_user_files_and_errors(capsys, tmp_path):
+    f = tmp_path / "mine.py"
+    f.write_text(
+        "import pyro.distributions as dist, torch\nimport scg\n"
+        "w = torch.nn.Parameter(torch.zeros(()))\n"
+        "@scg.network\n"
+        "def net():\n"
+        "    with scg.episodes(2):\n"
+        "        a = scg.message('a', dist.Bernoulli(logits=w.expand(2)), coagent='me')\n"
+        "        scg.reward('r', a)\n"
+        "def setup():\n"
+        "    return scg.zoo.Setup(network=net, inputs=lambda step: (), example=())\n")
+    assert run(capsys, "check", f"{f}:net")[0] == 0
+    code, out, _ = run(capsys, "derive", f"{f}:setup")
+    assert code == 0 and "Δθ_me" in out
+    code, _, err = run(capsys, "derive", f"{f}:nope")
+    assert code == 2 and "has no function 'nope'" in err and "net" in err
+    code, _, err = run(capsys, "derive", "no_such_model")
+    assert code == 2 and "unknown model 'no_such_model'; zoo models: async_gridworld" in err
+    with pytest.raises(SystemExit):
+        main(["train"])  # argparse: the model is required
+
+
+def test_python_dash_m_scg():
+    out = subprocess.run([sys.executable, "-m", "scg", "models"], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and "signalling" in out.stdout
