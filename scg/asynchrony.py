@@ -41,7 +41,7 @@ def asynchronous_message(name, fn, coagent, execute, init, reparam):
     bit, source = execution_bit(name, execute, batch, where)
     with poutine.mask(mask=bit):
         draw = sample_site(name, fn, "message", coagent, scg_reparam=bool(reparam),
-                           scg_execute=source)
+                           scg_execute=source, scg_bit=bit)
     draw = draw if reparam else draw.detach()
     prev = initial_output(init, draw, where) if last is None else last
     if prev.shape != draw.shape:

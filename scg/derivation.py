@@ -231,8 +231,26 @@ class Notation:
         return f"{x}_t" if lag == 0 else f"{x}_{{t−{lag}}}"
 
     def args(self, inputs, stepped):
-        return ", ".join(self.sym(x, lag, stepped and lag is not None) for x, lag in inputs) \
-            or (r"\text{model inputs}" if self.tex else "model inputs")
+        """A local state: its sites with their lags; three or more consecutive earlier steps
+        of one site as a range (``s_{t−k…t−1}``: a state computed from the whole history)."""
+        out = []
+        for x, lags in _by_site(inputs):
+            if not stepped or lags == [None]:
+                out.append(self.name(x))
+                continue
+            for lo, hi in _runs(lags):
+                if lo == 0:
+                    out.append(self.sym(x, 0, True))
+                    lo = 1
+                if lo > hi:
+                    continue
+                if hi - lo >= 2:
+                    dots = r"\ldots " if self.tex else "…"
+                    minus = "-" if self.tex else "−"
+                    out.append(f"{self.name(x)}_{{t{minus}{hi}{dots}t{minus}{lo}}}")
+                else:
+                    out += [self.sym(x, k, True) for k in range(lo, hi + 1)]
+        return ", ".join(out) or (r"\text{model inputs}" if self.tex else "model inputs")
 
     def pi(self, c):
         return f"\\pi_{{{self.name(c)}}}" if self.tex else f"π_{c}"
@@ -255,6 +273,25 @@ class Notation:
 
 
 TEXT, LATEX = Notation(latex=False), Notation(latex=True)
+
+
+def _by_site(inputs):
+    """(site, lag) pairs -> [(site, sorted lags)] in first-seen order."""
+    out = {}
+    for x, lag in inputs:
+        out.setdefault(x, []).append(lag)
+    return [(x, sorted(ls) if None not in ls else [None]) for x, ls in out.items()]
+
+
+def _runs(lags):
+    """Sorted ints -> maximal runs of consecutive values, as (first, last)."""
+    runs = []
+    for k in lags:
+        if runs and k == runs[-1][1] + 1:
+            runs[-1][1] = k
+        else:
+            runs.append([k, k])
+    return [tuple(r) for r in runs]
 
 
 # ---- reading the graph ---------------------------------------------------------------------
@@ -292,28 +329,34 @@ def rules(g, shared=None):
 
 
 def _inputs(r, n):
-    """The sites n's distribution reads, with lags (mask-only parents excluded)."""
+    """The sites n's distribution reads, with lags (its execution bit's sources excluded)."""
     out = []
     for p in sorted(r.predecessors(n), key=lambda p: r.nodes[p]["order"]):
         e = r.edges[p, n]
-        if e.get("mask") and _is_bit_source(r, p, n):
-            continue
-        for lag in e["lags"]:
-            out.append((p, lag if r.nodes[n]["times"] is not None else None))
-    return out
+        out += [(p, lag if r.nodes[n]["times"] is not None else None)
+                for lag in e.get("read_lags", ())]
+    return _held(r, out)
 
 
-def _is_bit_source(r, p, n):
-    return r.nodes[n].get("execute") is not None or r.nodes[p].get("execution_of") == n
+def _held(r, inputs):
+    """Drop what an asynchronous unit's held output carries: reading unit A at lag k reads
+    A's last draw, which may be from any earlier step, and the bits that held it; those reads
+    are A's (A_{t−k} is "held"), not separate inputs."""
+    first = {}
+    for x, lag in inputs:
+        if lag is not None and r.nodes[x].get("execute") not in (None, "always"):
+            first[x] = min(first.get(x, lag), lag)
+    carried = {b: k0 for a, k0 in first.items() for b in _bit(r, a) or ()}
+    return [(x, lag) for x, lag in inputs
+            if not (x in first and lag > first[x]) and not (x in carried and lag is not None
+                                                            and lag >= carried[x])]
 
 
 def _bit(r, n):
     """The sites n's execution bit comes from, or None for a synchronous unit."""
     if r.nodes[n].get("execute") in (None, "always"):
         return None
-    srcs = [p for p in r.predecessors(n) if r.edges[p, n].get("mask")
-            and r.nodes[p]["role"] == "message"]
-    return sorted(srcs) or None
+    return sorted(p for p in r.predecessors(n) if r.edges[p, n].get("execute")) or None
 
 
 def _credit(r, n, credit):

@@ -163,7 +163,8 @@ class Estimator(torch.nn.Module):
         if tuple(s.key for s in analysis.sites) != sig:
             raise ScgError("the model's structure changed when replayed with the same sampled "
                            "values: randomness outside scg sites? use scg.env for it")
-        g = G.build(sites, analysis.parents, analysis.masks)
+        g = G.build(sites, analysis.parents, analysis.masks, analysis.bits,
+                    analysis.reads)
         owner = self._find_parameters(sites)
         for c, o in owner.items():
             g.nodes[c]["owner"] = o

@@ -14,8 +14,10 @@ Node attributes:
     execution_of: on an execution coagent's site, the base name of the unit it drives.
     base: the user's site name without ``@t``.
 
-Edge attribute ``mask``: v is masked by a value computed from u (u drives v's execution bit or
-its ``scg.done`` mask).
+Edge attributes ``reads``: v's distribution (a cost: its value) was computed from u's value;
+``mask``: v is masked by a value computed from u (v's execution bit or its ``scg.done``
+mask); ``execute``: v's execution bit was computed from u. An edge with none of these is the
+escape fallback.
 
 An edge u -> v means v's distribution (or a cost's value) was computed from u's value, or u's
 value escaped torch before v was emitted (the conservative fallback).
@@ -27,9 +29,10 @@ from .errors import ScgError
 from .primitives import COSTS, ROLES
 
 
-def build(sites, parents, masks=None):
-    """The graph of one analysed run: ``sites`` in order, ``parents[name]`` from provenance and
-    ``masks[name]`` (the parents reached through the site's mask)."""
+def build(sites, parents, masks=None, bits=None, reads=None):
+    """The graph of one analysed run: ``sites`` in order, ``parents[name]`` from provenance,
+    ``masks[name]``, ``bits[name]`` and ``reads[name]`` (the parents reached through the site's
+    mask, its execution bit, and its distribution or value)."""
     g = nx.DiGraph()
     for i, s in enumerate(sites):
         g.add_node(s.name, role=s.role, coagent=s.coagent, time=s.time, order=i,
@@ -40,7 +43,9 @@ def build(sites, parents, masks=None):
     for s in sites:
         for p in parents.get(s.name, ()):
             if p in g and p != s.name:
-                g.add_edge(p, s.name, mask=p in (masks or {}).get(s.name, ()))
+                g.add_edge(p, s.name, mask=p in (masks or {}).get(s.name, ()),
+                           execute=p in (bits or {}).get(s.name, ()),
+                           reads=p in (reads or {}).get(s.name, ()))
     validate(g)
     return g
 

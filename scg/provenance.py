@@ -115,7 +115,8 @@ class Analysis(Record):
     ``parents[name]`` is the set of site names it reads (for a site, through its
     distribution's parameters; for a cost, through its value), the provenance of its mask (an
     execution bit, a done mask), and every site whose value escaped before it; ``masks[name]``
-    is the part that reached it through the mask only.
+    is the part that reached it through the mask, ``bits[name]`` through its execution bit,
+    ``reads[name]`` through its distribution's parameters (or a cost's value) only.
     """
 
     def __init__(self, replay):
@@ -124,6 +125,8 @@ class Analysis(Record):
         self.replay = replay
         self.parents = {}
         self.masks = {}  # name -> sites its mask (execution bit, done) was computed from
+        self.bits = {}   # name -> sites its execution bit was computed from
+        self.reads = {}  # name -> sites its distribution (a cost: its value) read as data
         self.escaped = set()
         self.internal = False
 
@@ -173,10 +176,13 @@ class Analysis(Record):
             else:
                 prov = provenance_of(msg["value"])
             masked_by = provenance_of(msg["mask"])
+            bit_from = provenance_of(infer.get("scg_bit"))
         finally:
             self.internal = False
         name = msg["name"]
         self.masks[name] = {n for _, n in masked_by}
+        self.bits[name] = {n for _, n in bit_from}
+        self.reads[name] = {n for _, n in prov}
         prov |= masked_by
         self.parents[name] = {n for _, n in prov} | self.escaped
         if infer["scg_role"] in ("message", "env"):

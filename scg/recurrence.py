@@ -17,6 +17,7 @@ from .errors import ScgError
 
 KEEP = ("role", "coagent", "dist", "reparam", "execution_of", "execute", "plates", "shape",
         "owner")
+FLAGS = ("mask", "execute", "reads")  # edge flags kept when rolling: true if any occurrence
 
 
 def split(name):
@@ -28,8 +29,9 @@ def split(name):
 def roll(g):
     """The rolled graph of an unrolled one: node attributes ``times`` (the steps the site
     occurs at; None outside steps) and the unrolled ones in ``KEEP`` (from its first occurrence);
-    edge attributes ``lags`` (sorted), ``back`` (any lag > 0) and ``mask`` (any occurrence
-    reaches v through its mask)."""
+    edge attributes ``lags`` (sorted), ``back`` (any lag > 0), ``mask``, ``execute`` and
+    ``reads`` (any occurrence reaches v through its mask / execution bit / distribution), and
+    ``read_lags`` (the lags at which v's distribution reads u)."""
     r = nx.DiGraph()
     for n in sorted(g, key=lambda n: g.nodes[n]["order"]):
         base, t = split(n)
@@ -45,12 +47,15 @@ def roll(g):
     for u, v in g.edges:
         (bu, tu), (bv, tv) = split(u), split(v)
         lag = (tv - tu) if tu is not None and tv is not None else 0
-        mask = bool(g.edges[u, v].get("mask"))
-        if r.has_edge(bu, bv):
-            r.edges[bu, bv]["lags"] = sorted(set(r.edges[bu, bv]["lags"]) | {lag})
-            r.edges[bu, bv]["mask"] = r.edges[bu, bv]["mask"] or mask
-        else:
-            r.add_edge(bu, bv, lags=[lag], mask=mask)
+        flags = {k: bool(g.edges[u, v].get(k)) for k in FLAGS}
+        if not r.has_edge(bu, bv):
+            r.add_edge(bu, bv, lags=[], read_lags=[], **flags)
+        e = r.edges[bu, bv]
+        e["lags"] = sorted(set(e["lags"]) | {lag})
+        if flags["reads"]:
+            e["read_lags"] = sorted(set(e["read_lags"]) | {lag})
+        for k in FLAGS:
+            e[k] = e[k] or flags[k]
         r.edges[bu, bv]["back"] = max(r.edges[bu, bv]["lags"]) > 0
     return r
 
@@ -82,15 +87,15 @@ def unroll(r, T):
         g.add_node(at(n, t), time=time, order=i, **attrs)
     for u, v, a in r.edges(data=True):
         su, sv = r.nodes[u]["times"] is not None, r.nodes[v]["times"] is not None
-        mask = bool(a.get("mask"))
+        flags = {k: bool(a.get(k)) for k in FLAGS}
         if su and sv:
             g.add_edges_from(((at(u, t - lag), at(v, t)) for lag in a["lags"]
-                              for t in range(max(lag, 0), T)), mask=mask)
+                              for t in range(max(lag, 0), T)), **flags)
         elif su or sv:  # one end outside the loop: linked to every step of the other
             g.add_edges_from(((at(u, t), v) if su else (u, at(v, t)) for t in range(T)),
-                             mask=mask)
+                             **flags)
         else:
-            g.add_edge(u, v, mask=mask)
+            g.add_edge(u, v, **flags)
     if not nx.is_directed_acyclic_graph(g):
         raise ScgError("the rolled graph has a cycle with no back edge: a site reads its own "
                        "output of the same step")

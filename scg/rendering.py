@@ -11,7 +11,7 @@ Conventions (Pyro's plate notation, plus roles and time):
   plates are boxes labelled with their name and size, as in ``pyro.render_model``;
 * time: the *rolled* view has one node per site name and draws reads of earlier steps as
   dashed back edges labelled ``t−k``; the *unrolled* view repeats the network for T steps;
-* an edge into a unit's mask (its execution bit, a ``done`` mask) is bold and labelled ``e``;
+* an edge into a unit's execution bit is bold and labelled ``e``;
 * ``credit=True`` overlays dotted red edges site -> cost for every cost in the site's return.
 """
 
@@ -56,7 +56,7 @@ def spec(g, credited=None):
     Keys: ``nodes`` (name, role, kind, coagent, plates, label and graphviz attributes), ``edges``
     (sorted (tail, head) pairs of data flow), ``back`` ({edge: lags} of a rolled graph's reads
     of earlier steps), ``credit`` ({(site, cost): lags}, empty unless ``credited`` is given),
-    ``masks`` (edges into a mask: execution bits, done), ``clusters`` (coagent -> its nodes)
+    ``execute`` (edges into a unit's execution bit), ``clusters`` (coagent -> its nodes)
     and ``plates`` (name -> size, kind, nodes).
     """
     nodes, clusters, plates = [], {}, {}
@@ -72,8 +72,8 @@ def spec(g, credited=None):
         for name, _, size, pkind in a.get("plates") or ():
             plates.setdefault(name, {"size": size, "kind": pkind, "nodes": []})["nodes"].append(n)
     back = {(u, v): a["lags"] for u, v, a in g.edges(data=True) if a.get("back")}
-    masks = sorted((u, v) for u, v, a in g.edges(data=True) if a.get("mask"))
-    return {"nodes": nodes, "edges": sorted(g.edges), "back": back, "masks": masks,
+    execute = sorted((u, v) for u, v, a in g.edges(data=True) if a.get("execute"))
+    return {"nodes": nodes, "edges": sorted(g.edges), "back": back, "execute": execute,
             "credit": dict(credited or {}), "clusters": clusters, "plates": plates}
 
 
@@ -117,12 +117,12 @@ def to_graphviz(s):
                 fill(c, child)
 
     fill(dot, ())
-    masks = set(s["masks"])
+    bits = set(s["execute"])
     for u, v in s["edges"]:
         lags = s["back"].get((u, v))
         attrs = {"style": "dashed", "label": ",".join(f"t−{k}" for k in lags if k)} if lags \
             else {}
-        if (u, v) in masks:
+        if (u, v) in bits:
             attrs.update(penwidth="2", label=("e " + attrs.get("label", "")).strip())
         dot.edge(u, v, **attrs)
     for (u, v), lags in sorted(s["credit"].items()):

@@ -61,7 +61,8 @@ def test_rolled_graph_has_back_edges():
     assert set(r) == {"u", "v.exec", "v", "r"}
     assert R.back_edges(r) == {("u", "u"): [1], ("v", "r"): [0, 1, 2],
                                ("v.exec", "r"): [0, 1, 2]}
-    assert r.edges["u", "v"] == {"lags": [0], "back": False, "mask": False}
+    assert r.edges["u", "v"] == {"lags": [0], "back": False, "mask": False, "execute": False,
+                                 "reads": True, "read_lags": [0]}
     assert r.nodes["u"]["times"] == [0, 1, 2]
 
 

@@ -29,7 +29,7 @@ def test_option_critic_rolled_view():
     assert {n["name"]: n["kind"] for n in s["nodes"]} == {
         "option": "message", "action": "message", "r": "reward", "s": "env", "term": "message"}
     assert node(s, "s")["attrs"]["shape"] == "diamond" and node(s, "r")["attrs"]["shape"] == "box"
-    assert ("term", "option") in s["masks"]          # the termination bit drives the option
+    assert ("term", "option") in s["execute"]          # the termination bit drives the option
     assert s["back"][("option", "term")] == [1]      # beta reads the previous option
     assert s["back"][("option", "action")] == [0, 1]  # a held option is last step's value
     assert s["plates"] == {"episodes": {"size": 2, "kind": "episodes",
@@ -63,7 +63,7 @@ def test_unrolled_view_repeats_the_rolled_structure():
 
 def test_execution_coagents_and_interacting_agents():
     s, _ = spec_of(REGISTRY["async_fixed"], rolled=True)
-    assert node(s, "m.exec")["kind"] == "exec" and ("m.exec", "m") in s["masks"]
+    assert node(s, "m.exec")["kind"] == "exec" and ("m.exec", "m") in s["execute"]
     s, _ = spec_of(REGISTRY["interacting_agents"])
     assert s["plates"]["agents"]["kind"] == "agents"
     src = R.to_graphviz(s).source
