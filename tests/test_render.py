@@ -85,3 +85,19 @@ def test_svg_with_dot():
     model, args, opts = SHAPES["option_critic"]()
     svg = scg.render(model, *args, rolled=True, credit=True).pipe(format="svg").decode()
     assert svg.lstrip().startswith("<?xml") and "termination" in svg and "<svg" in svg
+
+
+@pytest.mark.parametrize("name", sorted(scg.zoo.names()))
+def test_every_zoo_model_renders_at_the_spec_level(name):
+    setup = scg.zoo.load(name)
+    est = scg.compile(setup.network, **setup.options)
+    for rolled in (False, True):
+        g, cr = R.view(est, setup.example, {}, rolled=rolled)
+        s = R.spec(g, cr)
+        assert [n["name"] for n in s["nodes"]] == sorted(g, key=lambda n: g.nodes[n]["order"])
+        coagents = {a["coagent"] for _, a in g.nodes(data=True)} - {None}
+        assert set(s["clusters"]) == coagents
+        assert all(n["plates"] == ("episodes",) for n in s["nodes"])
+        assert s["credit"], "every zoo model has credited costs"
+    if name == "async_gridworld":  # execution coagents drive their units
+        assert {("b1.exec", "b1"), ("b2.exec", "b2"), ("a.exec", "a")} <= set(s["execute"])
