@@ -1,6 +1,11 @@
 """The model zoo: the architectures scg exists for, written with its public primitives.
 
-Importing this package registers every model with :mod:`scg.zoo` (``scg models`` lists them).
+Importing this package imports every module in it, and each registers its models with
+:mod:`scg.zoo` (``scg models`` lists them): a new model is a new file, nothing else to edit.
 """
 
-from . import async_gridworld, signalling  # noqa: F401  (registration)
+import importlib
+import pkgutil
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
