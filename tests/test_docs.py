@@ -1,4 +1,5 @@
-"""The tutorials run: each page's ```python blocks, concatenated, execute top to bottom."""
+"""The runnable pages run: each page's ```python blocks, concatenated, execute top to bottom
+(the tutorials, and the reference pages whose examples say they run)."""
 
 import re
 from pathlib import Path
@@ -9,6 +10,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 TUTORIALS = sorted((ROOT / "docs" / "tutorials").glob("*.md"))
+PAGES = TUTORIALS + [ROOT / "docs" / name for name in ("training.md", "rendering.md")]
 BLOCK = re.compile(r"^```python[^\n]*\n(.*?)^```\s*$", re.MULTILINE | re.DOTALL)
 
 
@@ -17,14 +19,14 @@ def python_blocks(page):
     return "\n".join(BLOCK.findall(page.read_text(encoding="utf-8")))
 
 
-def test_there_are_tutorials():
+def test_there_are_runnable_pages():
     assert TUTORIALS, "docs/tutorials/*.md not found"
-    for page in TUTORIALS:
+    for page in PAGES:
         assert python_blocks(page).strip(), f"{page.name} has no ```python block"
 
 
-@pytest.mark.parametrize("page", TUTORIALS, ids=[p.stem for p in TUTORIALS])
-def test_tutorial_runs(page):
+@pytest.mark.parametrize("page", PAGES, ids=[p.stem for p in PAGES])
+def test_page_runs(page):
     matplotlib.use("Agg")                   # no display; only matters if a page plots
     torch.set_default_dtype(torch.float32)  # as a reader runs it (conftest restores float64)
     threads = torch.get_num_threads()
