@@ -45,7 +45,8 @@ def load(path):
 
 
 def rng_state():
-    """The random state of torch (CPU and CUDA), Python's ``random`` and numpy."""
+    """The random state of torch (CPU, and CUDA when available), Python's ``random`` and
+    numpy. A state saved without CUDA restores the CPU generators only."""
     state = {"torch": torch.get_rng_state(), "python": random.getstate(),
              "numpy": np.random.get_state()}
     if torch.cuda.is_available():

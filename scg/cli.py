@@ -92,7 +92,7 @@ def train(args):
     for key in ("lr", "optimizer", "schedule"):
         if getattr(args, key) is not None:
             kw[key] = getattr(args, key)
-    updates = args.updates or s.train.get("updates", 100)
+    updates = args.updates if args.updates is not None else s.train.get("updates", 100)
     if args.episodes is not None:
         updates = math.ceil(args.episodes / s.episodes_per_update)
     if updates < 1:

@@ -120,14 +120,21 @@ def to_graphviz(s):
     bits = set(s["execute"])
     for u, v in s["edges"]:
         lags = s["back"].get((u, v))
-        attrs = {"style": "dashed", "label": ",".join(f"t−{k}" for k in lags if k)} if lags \
-            else {}
+        attrs = {"style": "dashed", "label": _lags(lags)} if lags else {}
         if (u, v) in bits:
             attrs.update(penwidth="2", label=("e " + attrs.get("label", "")).strip())
         dot.edge(u, v, **attrs)
     for (u, v), lags in sorted(s["credit"].items()):
         dot.edge(u, v, label=_span(lags), fontcolor="red", **CREDIT)
     return dot
+
+
+def _lags(lags):
+    """Label of a back edge: ``t−1``, ``t−1,t−3`` or a range ``t−1…t−29``."""
+    back = [k for k in lags if k]
+    if len(back) > 2 and back == list(range(back[0], back[-1] + 1)):
+        return f"t−{back[0]}…t−{back[-1]}"
+    return ",".join(f"t−{k}" for k in back)
 
 
 def _span(lags):

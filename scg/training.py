@@ -77,6 +77,10 @@ class Trainer:
     """Train ``model`` (an ``@scg.network`` or a compiled :class:`scg.Estimator`) on
     ``inputs``: a callable ``step -> args`` (a tuple, or one tensor) or fixed args.
 
+    Before the first update, one run on ``inputs(0)`` discovers the parameters (no baseline
+    update; its draws are discarded), so ``inputs(0)`` is called twice. ``max_grad_norm``
+    clips the norm over all parameters, also with ``per_coagent=True``.
+
     Args:
         optimizer: ``adam``, ``adamw``, ``sgd``, ``rmsprop``, ``adagrad`` or a callable
             ``(params, lr) -> Optimizer``.
@@ -153,13 +157,17 @@ class Trainer:
             if isinstance(self.lr, dict):
                 raise ScgError("a dict of step sizes needs per_coagent=True")
             named, rates = {"all": list(self.est.parameters())}, {"all": self.lr}
-        factor = schedule(self.schedule_spec, total)
         self.groups = {}
         for g, ps in named.items():
             if ps:
                 opt = _optimizer(self.optimizer, ps, rates[g])
-                sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+                sched = torch.optim.lr_scheduler.LambdaLR(opt, self._factor)
                 self.groups[g] = (ps, opt, sched)
+
+    def _factor(self, step):
+        """The schedule's factor at ``step``, over the total of the current ``fit`` (a cosine
+        schedule resumed with another total follows the new one)."""
+        return schedule(self.schedule_spec, self._total)(step)
 
     # ---- one update --------------------------------------------------------------------------
     def update(self):
@@ -184,6 +192,7 @@ class Trainer:
         if self.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(
                 [p for ps, _, _ in self.groups.values() for p in ps], self.max_grad_norm)
+        used = {g: opt.param_groups[0]["lr"] for g, (_, opt, _) in self.groups.items()}
         for _, opt, sched in self.groups.values():
             opt.step()
             sched.step()
@@ -191,8 +200,7 @@ class Trainer:
         row = {"step": self.step, "objective": float(torch.as_tensor(out.objective).detach()),
                "loss": float(out.loss.detach())}
         row.update({f"loss/{c}": float(v.detach()) for c, v in sorted(out.local.items())})
-        row.update({f"lr/{g}": opt.param_groups[0]["lr"] for g, (_, opt, _) in
-                    self.groups.items()})
+        row.update({f"lr/{g}": lr for g, lr in used.items()})  # the step size this update used
         row["seconds"] = time.perf_counter() - t0
         return row
 
@@ -202,6 +210,7 @@ class Trainer:
         if not isinstance(updates, int) or updates < 0:
             raise ScgError(f"fit: updates must be a non-negative int, got {updates!r}")
         self._setup(updates)
+        self._total = updates
         bar = _progress(self.progress, updates, self.step)
         try:
             while self.step < updates:
@@ -279,6 +288,8 @@ class Trainer:
                 "rng": C.rng_state()}
 
     def load_state_dict(self, state, total=None):
+        """Restore a :meth:`state_dict`; ``total``: the updates the run will go to (only
+        needed before ``fit`` builds the optimisers; ``fit`` sets it)."""
         self._setup(total if total is not None else self._total or state["step"])
         params = self._parameters()
         saved = state["parameters"]

@@ -3,7 +3,9 @@
 A zoo entry is a function returning a :class:`Setup`: the network, how to make its inputs for
 each update, small arguments for pictures and rules, and training defaults. The zoo itself lives
 in the ``models`` package (each module registers its entries when imported); a model can also
-be named as ``path/to/file.py:function`` where the function returns a :class:`Setup` (or is an
+be named as ``path/to/file.py:function``. The zoo is the importable top-level package
+``models``: a user's own package of that name earlier on ``sys.path`` shadows it (name
+models by file then) where the function returns a :class:`Setup` (or is an
 ``@scg.network`` taking no arguments).
 """
 
@@ -29,8 +31,9 @@ class Setup:
         options: ``scg.compile`` options.
         train: :class:`scg.Trainer` defaults (``lr``, ``optimizer``, ``updates``, ...).
         modules: the modules holding its parameters (names parameters in checkpoints).
-        check: (network, args, compile options) of a version small enough to enumerate, when
-            the trained one is not.
+        check: (network, args, keyword arguments of ``scg.check``: compile options and check
+            options such as ``max_size``) of a version small enough to enumerate, when the
+            trained one is not.
         summary: one line for ``scg models``.
         episodes_per_update: episodes in one update's batch (``scg train --episodes``).
     """

@@ -97,7 +97,9 @@ def test_every_zoo_model_renders_at_the_spec_level(name):
         assert [n["name"] for n in s["nodes"]] == sorted(g, key=lambda n: g.nodes[n]["order"])
         coagents = {a["coagent"] for _, a in g.nodes(data=True)} - {None}
         assert set(s["clusters"]) == coagents
-        assert all(n["plates"] == ("episodes",) for n in s["nodes"])
+        assert all(set(n["plates"]) <= set(s["plates"]) for n in s["nodes"])
+        assert all(n["name"] in s["plates"][p]["nodes"] for n in s["nodes"] for p in n["plates"])
+        assert any("episodes" == p["kind"] for p in s["plates"].values())
         assert s["credit"], "every zoo model has credited costs"
     if name == "async_gridworld":  # execution coagents drive their units
         assert {("b1.exec", "b1"), ("b2.exec", "b2"), ("a.exec", "a")} <= set(s["execute"])
