@@ -333,8 +333,8 @@ def _inputs(r, n):
     out = []
     for p in sorted(r.predecessors(n), key=lambda p: r.nodes[p]["order"]):
         e = r.edges[p, n]
-        out += [(p, lag if r.nodes[n]["times"] is not None else None)
-                for lag in e.get("read_lags", ())]
+        stepped = r.nodes[n]["times"] is not None and r.nodes[p]["times"] is not None
+        out += [(p, lag if stepped else None) for lag in e.get("read_lags", ())]
     return _held(r, out)
 
 

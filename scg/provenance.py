@@ -116,7 +116,8 @@ class Analysis(Record):
     distribution's parameters; for a cost, through its value), the provenance of its mask (an
     execution bit, a done mask), and every site whose value escaped before it; ``masks[name]``
     is the part that reached it through the mask, ``bits[name]`` through its execution bit,
-    ``reads[name]`` through its distribution's parameters (or a cost's value) only.
+    ``reads[name]`` through its distribution's parameters (or a cost's value) only: not a
+    predictor's observed data, not its mask.
     """
 
     def __init__(self, replay):
@@ -171,10 +172,11 @@ class Analysis(Record):
         try:
             if infer["scg_role"] in ("message", "env", "predict"):
                 value = untrack(msg["value"])
-                prov = provenance_of((msg["fn"].log_prob(value), msg["value"] if
-                                      infer["scg_role"] == "predict" else None))
+                reads = provenance_of(msg["fn"].log_prob(value))
+                prov = reads | (provenance_of(msg["value"]) if infer["scg_role"] == "predict"
+                                else frozenset())
             else:
-                prov = provenance_of(msg["value"])
+                prov = reads = provenance_of(msg["value"])
             masked_by = provenance_of(msg["mask"])
             bit_from = provenance_of(infer.get("scg_bit"))
         finally:
@@ -182,7 +184,7 @@ class Analysis(Record):
         name = msg["name"]
         self.masks[name] = {n for _, n in masked_by}
         self.bits[name] = {n for _, n in bit_from}
-        self.reads[name] = {n for _, n in prov}
+        self.reads[name] = {n for _, n in reads}
         prov |= masked_by
         self.parents[name] = {n for _, n in prov} | self.escaped
         if infer["scg_role"] in ("message", "env"):
