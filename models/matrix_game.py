@@ -86,7 +86,7 @@ def mutual_information(probs):
     indep = product_of_marginals(probs)
     safe = torch.where(probs > 0, probs, torch.ones_like(probs))
     ratio = safe / torch.where(probs > 0, indep, torch.ones_like(indep))
-    return (probs * ratio.log()).sum((-2, -1))
+    return (probs * ratio.log()).sum((-2, -1)).clamp(min=0.0)  # >= 0; rounding aside
 
 
 def expected_payoff(probs):
