@@ -77,16 +77,43 @@ class Episodes:
         if not isinstance(chunk, int) or chunk < 1:
             raise scg.ScgError(f"chunk must be a positive int, got {chunk!r}")
         self.policy, self.horizon, self.chunk = policy, horizon, chunk
+        self._check_policy()
         self.envs = {}            # batch size -> SyncVectorEnv
         self.returns = None       # per-episode undiscounted returns of the last run
         self.lengths = None       # per-episode lengths of the last run
         self.network = self._network()
+
+    def _check_policy(self):
+        """The policy must map a batch of observations to one logit per action."""
+        params = list(self.policy.parameters())
+        if not params:
+            raise scg.ScgError("the policy has no parameters: nothing to learn")
+        x = torch.zeros(3, self.n_obs, dtype=params[0].dtype)
+        try:
+            with torch.no_grad():
+                shape = tuple(self.policy(x).shape)
+        except RuntimeError as e:
+            raise scg.ScgError(f"the policy cannot read observations of size {self.n_obs} "
+                               f"(the environment's): {e}") from None
+        if shape != (3, self.n_actions):
+            raise scg.ScgError(f"the policy maps observations of shape (3, {self.n_obs}) to "
+                               f"{shape}; expected (3, {self.n_actions}): one logit per action")
 
     def vector_env(self, n):
         """A SyncVectorEnv of ``n`` copies, created once per batch size."""
         if n not in self.envs:
             self.envs[n] = gym.vector.SyncVectorEnv([self.make_env] * n)
         return self.envs[n]
+
+    def _env(self, call, *args, **kwargs):
+        """``envs.reset``/``envs.step``; an observation that does not fit the declared space
+        (the vector env cannot batch it) is an ScgError naming the space."""
+        try:
+            return call(*args, **kwargs)
+        except ValueError as e:
+            space = self.make_env().observation_space
+            raise scg.ScgError(f"the environment's observations do not match its observation "
+                               f"space {space} ({e})") from None
 
     def _observations(self, obs):
         """Environment observations as the policy's input tensor, shape-checked."""
@@ -111,7 +138,7 @@ class Episodes:
             seeds = self._seeds(seeds)
             n = len(seeds)
             envs = self.vector_env(n)
-            obs, _ = envs.reset(seed=seeds)
+            obs, _ = self._env(envs.reset, seed=seeds)
             alive = np.ones(n, dtype=bool)
             returns, lengths = np.zeros(n), np.zeros(n, dtype=np.int64)
             with scg.episodes(n):
@@ -120,7 +147,7 @@ class Episodes:
                     a = scg.message("a", dist.Categorical(logits=logits), coagent="policy")
                     r = np.zeros(n)
                     if alive.any():
-                        nxt, rew, term, trunc, _ = envs.step(a.numpy())
+                        nxt, rew, term, trunc, _ = self._env(envs.step, a.numpy())
                         r = np.where(alive, rew, 0.0)
                         returns += r
                         lengths += alive
