@@ -11,6 +11,7 @@ function returns an :class:`scg.zoo.Setup` or is an ``@scg.network`` taking no a
 """
 
 import argparse
+import ast
 import math
 import os
 import sys
@@ -21,6 +22,31 @@ from .errors import ScgError
 FORMATS = ("svg", "png", "pdf", "dot", "gv")
 
 
+def _model(p):
+    p.add_argument("model", help="a zoo name or path/to/file.py:function")
+    p.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="an argument of the model's build function (repeatable), e.g. "
+                   "--arg agents=8; values are Python literals or plain strings")
+
+
+def build_args(pairs):
+    """``["agents=8", "stream=split"]`` -> ``{"agents": 8, "stream": "split"}``."""
+    out = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or not key.isidentifier():
+            raise ScgError(f"--arg {pair!r}: expected KEY=VALUE with KEY a Python name")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
+def load(args):
+    return zoo.load(args.model, **build_args(args.arg))
+
+
 def parser():
     p = argparse.ArgumentParser(prog="scg", description="coagent networks: list, train, "
                                 "render, derive and check models")
@@ -28,7 +54,7 @@ def parser():
     sub.add_parser("models", help="list the zoo's models")
 
     t = sub.add_parser("train", help="train a model; writes metrics, checkpoints, a plot")
-    t.add_argument("model")
+    _model(t)
     n = t.add_mutually_exclusive_group()
     n.add_argument("--updates", type=int, help="gradient updates (default: the model's)")
     n.add_argument("--episodes", type=int, help="training episodes, rounded up to whole "
@@ -47,7 +73,7 @@ def parser():
     t.add_argument("--no-progress", action="store_true")
 
     r = sub.add_parser("render", help="draw the network with graphviz")
-    r.add_argument("model")
+    _model(r)
     r.add_argument("-o", "--output", required=True,
                    help=f"file to write; format from its suffix: {', '.join(FORMATS)}")
     v = r.add_mutually_exclusive_group()
@@ -56,11 +82,11 @@ def parser():
     r.add_argument("--credit", action="store_true", help="overlay credited costs")
 
     d = sub.add_parser("derive", help="print each coagent's learning rule")
-    d.add_argument("model")
+    _model(d)
     d.add_argument("--latex", action="store_true")
 
     c = sub.add_parser("check", help="estimator vs exact enumeration or finite differences")
-    c.add_argument("model")
+    _model(c)
     c.add_argument("--method", default="auto", choices=["auto", "enumerate", "fd"])
     return p
 
@@ -84,7 +110,7 @@ def models(args):
 def train(args):
     from .training import Trainer
 
-    s = zoo.load(args.model)
+    s = load(args)
     options = dict(s.options)
     if args.baseline:
         options["baseline"] = args.baseline
@@ -119,7 +145,7 @@ def render(args):
     from .estimator import compile
     from .rendering import render as draw
 
-    s = zoo.load(args.model)
+    s = load(args)
     fmt = os.path.splitext(args.output)[1].lstrip(".").lower()
     if fmt not in FORMATS:
         raise ScgError(f"cannot tell the format of {args.output!r}; use a suffix among "
@@ -147,7 +173,7 @@ def derive(args):
     from .derivation import derive as rules
     from .estimator import compile
 
-    s = zoo.load(args.model)
+    s = load(args)
     d = rules(s.network, *s.example, est=compile(s.network, **s.options))
     print(d.latex() if args.latex else d)
     return 0
@@ -156,7 +182,7 @@ def derive(args):
 def check(args):
     from .checking import check as run_check
 
-    s = zoo.load(args.model)
+    s = load(args)
     network, example, options = s.check or (s.network, s.example, s.options)
     report = run_check(network, *example, method=args.method, **options)
     print(report)

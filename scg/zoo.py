@@ -11,6 +11,7 @@ models by file then) where the function returns a :class:`Setup` (or is an
 
 import importlib
 import importlib.util
+import inspect
 import os
 from dataclasses import dataclass, field
 
@@ -74,21 +75,32 @@ def names():
     return {n: s for n, (_, s) in sorted(REGISTRY.items())}
 
 
-def load(target):
-    """A :class:`Setup` from a zoo name or ``path/to/file.py:function``."""
+def load(target, **kwargs):
+    """A :class:`Setup` from a zoo name or ``path/to/file.py:function``; ``kwargs`` go to the
+    model's build function (e.g. ``load("shared_agents", agents=8)``)."""
     if ":" in target and target.split(":", 1)[0].endswith(".py"):
-        return _from_file(*target.rsplit(":", 1))
+        return _from_file(*target.rsplit(":", 1), **kwargs)
     _load_zoo()
     if target not in REGISTRY:
         valid = ", ".join(sorted(REGISTRY)) or "(none registered)"
         raise ScgError(f"unknown model {target!r}; zoo models: {valid}; or give "
                        "path/to/file.py:function")
-    setup = REGISTRY[target][0]()
+    setup = _call(REGISTRY[target][0], target, kwargs)
     setup.summary = setup.summary or REGISTRY[target][1]
     return setup
 
 
-def _from_file(path, name):
+def _call(build, target, kwargs):
+    """``build(**kwargs)``, with unknown arguments named against the valid ones."""
+    params = inspect.signature(build).parameters
+    unknown = sorted(set(kwargs) - set(params))
+    if unknown and not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        raise ScgError(f"model {target!r} takes no argument(s) {unknown}; valid: "
+                       f"{sorted(params)}")
+    return build(**kwargs)
+
+
+def _from_file(path, name, **kwargs):
     if not os.path.exists(path):
         raise ScgError(f"model file {path!r} does not exist")
     spec = importlib.util.spec_from_file_location(
@@ -101,9 +113,11 @@ def _from_file(path, name):
                        if callable(v) and not k.startswith("_"))
         raise ScgError(f"{path} has no function {name!r}; it defines: {found}")
     if getattr(fn, "_scg_network", False):
+        if kwargs:
+            raise ScgError(f"{path}:{name} is a network: it takes no build arguments")
         return Setup(network=fn, inputs=lambda step: (), example=(),
                      summary=f"{name} from {path}")
-    setup = fn()
+    setup = _call(fn, f"{path}:{name}", kwargs)
     if not isinstance(setup, Setup):
         raise ScgError(f"{path}:{name} must be an @scg.network taking no arguments or return "
                        f"an scg.zoo.Setup, got {type(setup).__name__}")

@@ -83,3 +83,12 @@ def test_python_dash_m_scg():
     out = subprocess.run([sys.executable, "-m", "scg", "models"], cwd=ROOT,
                          capture_output=True, text=True)
     assert out.returncode == 0 and "signalling" in out.stdout
+
+
+def test_build_arguments(capsys):
+    code, out, _ = run(capsys, "derive", "shared_agents", "--arg", "agents=3")
+    assert code == 0 and "coagent agent" in out
+    code, _, err = run(capsys, "derive", "shared_agents", "--arg", "agentz=3")
+    assert code == 2 and "takes no argument(s) ['agentz']; valid: ['agents', 'batch']" in err
+    code, _, err = run(capsys, "derive", "shared_agents", "--arg", "3")
+    assert code == 2 and "expected KEY=VALUE" in err
