@@ -1,0 +1,158 @@
+"""The option-critic (Bacon, Harb & Precup 2017) as a three-coagent asynchronous network
+(Kostas, Nota & Thomas 2020, section 7), on Four Rooms (:mod:`models.four_rooms`).
+
+At every step t:
+
+- the **termination** unit beta(s_t, w_{t-1}) emits a bit (at t = 0 it does not run: the first
+  option is always drawn);
+- the **policy over options** mu(w | s_t) runs with ``execute=`` that bit: it draws a fresh option
+  where the bit is 1 and holds w_{t-1} where it is 0;
+- the **intra-option** policy pi(a | s_t, w_t) picks one of the four moves;
+- the environment moves (an ``scg.env`` site drawn from ``P[s_t, a_t]``), the reward is +1 on
+  arrival at the goal, and ``scg.done`` stops the episode there.
+
+All three units are tables of logits, one table per independent *run*: a batch of episodes from
+several runs is one ``scg.episodes`` plate, and episode i reads run ``run[i]``'s tables, so many
+seeds train in one tensor program (each run's parameters get only their own episodes' gradient).
+Nothing is hand-derived: the estimator is ``scg.compile``'s, and ``scg.derive`` reads the three
+rules as Bacon et al.'s termination gradient, intra-option policy gradient and a policy gradient
+for the policy over options.
+
+The episode loop stops early once every episode of the batch has finished, but only at a few
+fixed step counts (:data:`STOPS`), so that a handful of structures is analysed once each
+and then cached.
+"""
+
+import pyro.distributions as dist
+import torch
+
+import scg
+
+from .four_rooms import GAMMA, FourRooms
+
+STOPS = (16, 32, 64, 128, 256)
+
+
+class OptionCritic:
+    """``options`` options on ``world`` (a :class:`FourRooms`), ``runs`` independent tables."""
+
+    def __init__(self, world=None, options=4, runs=1, dtype=torch.float32):
+        if isinstance(options, bool) or not isinstance(options, int) or options < 1:
+            raise scg.ScgError(f"options must be an int >= 1, got {options!r}")
+        if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
+            raise scg.ScgError(f"runs must be an int >= 1, got {runs!r}")
+        self.world = world if world is not None else FourRooms()
+        self.options, self.runs = options, runs
+        S = self.world.S
+        self.units = torch.nn.ParameterDict({
+            "beta": torch.nn.Parameter(torch.zeros(runs, S, options, dtype=dtype)),
+            "over": torch.nn.Parameter(torch.zeros(runs, S, options, dtype=dtype)),
+            "intra": torch.nn.Parameter(torch.zeros(runs, S, options, 4, dtype=dtype)),
+        })
+
+    def check_inputs(self, s0, goal, run):
+        """``s0``, ``goal``, ``run``: LongTensors [N] of start states, goals and run indices."""
+        self.world._check_states(s0)
+        for name, x, hi in (("goal", goal, self.world.S), ("run", run, self.runs)):
+            if not isinstance(x, torch.Tensor) or x.dtype != torch.long or x.shape != s0.shape:
+                raise scg.ScgError(f"{name} must be a LongTensor of shape {tuple(s0.shape)} "
+                                   f"(one per episode), got "
+                                   f"{getattr(x, 'dtype', type(x).__name__)} "
+                                   f"{tuple(getattr(x, 'shape', ()))}")
+            if len(x) and (x.min() < 0 or x.max() >= hi):
+                raise scg.ScgError(f"{name} values must lie in [0, {hi})")
+
+    def episodes(self):
+        """The episodic network ``model(s0, goal, run, horizon=None)``: one episode per element
+        (at most ``horizon`` steps, the world's by default), returning the number of steps each
+        took (the horizon where it did not reach its goal)."""
+        th, world = self.units, self.world
+        dtype = th["beta"].dtype
+        P = world.P.to(dtype)
+
+        @scg.network
+        def option_critic(s0, goal, run, horizon=None):
+            self.check_inputs(s0, goal, run)
+            T = world.horizon if horizon is None else horizon
+            N = s0.shape[0]
+            with scg.episodes(N):
+                s, steps = s0, torch.zeros(N, dtype=torch.long)
+                finished = torch.zeros(N, dtype=torch.bool)
+                w = a = None                   # drawn at t = 0, read from t = 1 on
+                for t in scg.steps(T + 1):   # step T only settles the last move
+                    if t > 0:
+                        s = scg.env("s", dist.Categorical(probs=P[s, a]))   # the world moves
+                        arrived = (s == goal) & finished.logical_not()   # not ~ (see report)
+                        scg.reward("r", arrived.to(dtype))                # +1 on arrival
+                        finished = finished | arrived
+                        scg.done(finished)
+                        if t == T or (t in STOPS and bool(finished.all())):
+                            break
+                        term = scg.message("term", dist.Bernoulli(logits=th["beta"][run, s, w]),
+                                           coagent="termination").bool()
+                    else:
+                        term = torch.ones(N, dtype=torch.bool)   # the first option is drawn
+                    w = scg.message("option", dist.Categorical(logits=th["over"][run, s]),
+                                    coagent="policy_over_options", execute=term)
+                    a = scg.message("action", dist.Categorical(logits=th["intra"][run, s, w]),
+                                    coagent="intra_option")
+                    steps = steps + finished.logical_not().long()
+            return steps
+        return option_critic
+
+    def termination_map(self, run=0):
+        """beta(s, w) of run ``run`` as ``[options, H, W]`` grids (NaN on walls)."""
+        beta = torch.sigmoid(self.units["beta"][run].detach().double())   # [S, O]
+        H, W = self.world.grid.shape
+        out = torch.full((self.options, H, W), float("nan"), dtype=torch.double)
+        r, c = self.world.cells[:, 0], self.world.cells[:, 1]
+        out[:, r, c] = beta.T
+        return out
+
+
+TINY = "wwww\nw  w\nwwww"   # a corridor of 2 cells, for exact enumeration
+
+
+def tiny(options=2, horizon=2):
+    """A network small enough for ``scg.check``: the 2-cell corridor, goal at its east end,
+    ``horizon`` steps, float64, random logits (seeded)."""
+    oc = OptionCritic(FourRooms(TINY, goal=1, horizon=horizon), options, 1, torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in oc.units.values():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    return oc
+
+
+def inputs_for(world, batch, runs, goals, generator=None):
+    """One update's inputs: ``batch`` episodes per run, run-major; ``goals`` [runs]."""
+    run = torch.arange(runs).repeat_interleave(batch)
+    goal = goals[run]
+    return world.starts(len(run), goal, generator), goal, run
+
+
+@scg.zoo.register("option_critic", "Bacon et al.'s option-critic on Four Rooms as three "
+                  "coagents (termination bit drives the policy over options); the goal moves "
+                  "after 1000 episodes")
+def build(batch=16, options=4, moved_after=1000, seed=0):
+    """The zoo entry: ``batch`` episodes per update from a uniformly random non-goal cell; the
+    goal is the east doorway for the first ``moved_after`` episodes, then a random cell of the
+    lower-right room (drawn with ``seed``). ``scg check`` uses the 2-cell corridor, 2 steps."""
+    oc = OptionCritic(FourRooms(), options)
+    gen = torch.Generator().manual_seed(seed)
+    room = oc.world.lower_right()
+    moved = room[torch.randint(len(room), (1,), generator=gen)]
+    east = torch.tensor([oc.world.goal])
+
+    def inputs(step):
+        goals = east if step * batch < moved_after else moved
+        return inputs_for(oc.world, batch, 1, goals)
+
+    small = tiny()
+    one = (torch.tensor([0]), torch.tensor([1]), torch.tensor([0]))
+    return scg.zoo.Setup(network=oc.episodes(), inputs=inputs,
+                         example=(torch.tensor([0, 5]), east.repeat(2), torch.zeros(2).long(), 3),
+                         options={"gamma": GAMMA, "baseline": "loo"},
+                         train={"lr": 0.1, "updates": 2 * moved_after // batch},
+                         modules=oc.units, check=(small.episodes(), one, {"gamma": GAMMA}),
+                         episodes_per_update=batch)

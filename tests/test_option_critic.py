@@ -1,0 +1,193 @@
+"""The option-critic on Four Rooms: the world's dynamics as Bacon et al. describe them (a failed
+move goes to a random empty neighbour of the *current* cell, not an extra hop from the new one),
+value iteration on a case solved by hand, the estimator against exact enumeration on a tiny
+version of the same network, the learning rules read by ``scg.derive``, bad input, and the
+example's ``--smoke`` run."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import scg
+from models.four_rooms import (
+    FAIL,
+    FourRooms,
+    expected_steps,
+    hop_after_move,
+    neighbours,
+    parse,
+    transition,
+)
+from models.option_critic import OptionCritic, inputs_for, tiny
+
+ROOT = Path(__file__).resolve().parents[1]
+UP, DOWN, LEFT, RIGHT = range(4)
+
+
+def cell(world, r, c):
+    return world.state((r, c))
+
+
+# ---- the world ---------------------------------------------------------------------------------
+def test_layout_has_104_cells_and_walls_are_never_reached():
+    world = FourRooms()
+    assert world.S == 104 and world.grid.shape == (13, 13)
+    assert not world.grid[0].any() and not world.grid[:, 0].any()      # outer walls
+    assert world.grid[3, 6] and world.grid[10, 6] and world.grid[6, 2] and world.grid[7, 9]
+    assert tuple(world.cells[world.goal].tolist()) == (7, 9) and world.goal == 62
+    assert torch.allclose(world.P.sum(-1), torch.ones(104, 4, dtype=torch.double))
+    assert (world.P >= 0).all()
+    # every transition goes to the cell itself or a 4-neighbour: never two cells away
+    d = (world.cells[:, None, None, :] - world.cells[None, None, :, :]).abs().sum(-1)
+    assert (world.P[d.expand_as(world.P) > 1] == 0).all()
+    assert len(world.lower_right()) == 20
+
+
+def test_a_failed_move_goes_to_a_random_neighbour_of_the_current_cell():
+    world = FourRooms()
+    s = cell(world, 2, 2)                                   # open floor: 4 empty neighbours
+    row = world.P[s, RIGHT]
+    assert row[cell(world, 2, 3)] == pytest.approx(2 / 3 + 1 / 12)
+    for r, c in ((1, 2), (3, 2), (2, 1)):
+        assert row[cell(world, r, c)] == pytest.approx(1 / 12)
+    assert row.sum() == pytest.approx(1.0) and (row > 0).sum() == 4
+    door = cell(world, 3, 6)                                # the west doorway: 2 neighbours
+    row = world.P[door, UP]                                 # into a wall: stays w.p. 2/3
+    assert row[door] == pytest.approx(2 / 3)
+    assert row[cell(world, 3, 5)] == pytest.approx(1 / 6) == row[cell(world, 3, 7)]
+    corner = cell(world, 1, 1)
+    assert world.P[corner, LEFT, corner] == pytest.approx(2 / 3)
+
+
+def test_sampled_steps_follow_P_and_differ_from_the_hop_after_move_variant():
+    """10,000 sampled moves right from (2, 2): frequencies within 5 standard errors of P, and
+    never (2, 4), which the copied implementation reaches with probability 1/12."""
+    world = FourRooms()
+    s = cell(world, 2, 2)
+    gen = torch.Generator().manual_seed(0)
+    n = 10_000
+    nxt = world.step(torch.full((n,), s), torch.full((n,), RIGHT), gen)
+    freq = torch.bincount(nxt, minlength=world.S).double() / n
+    p = world.P[s, RIGHT]
+    se = (p * (1 - p) / n).sqrt().clamp(min=1e-12)
+    assert ((freq - p).abs() <= 5 * se + 1e-12).all()
+    hop = hop_after_move(world.next)
+    assert hop[s, RIGHT, cell(world, 2, 4)] == pytest.approx(1 / 12)
+    assert freq[cell(world, 2, 4)] == 0
+    # the copied variant makes the task about 30% shorter
+    ours, theirs = world.optimum(), float(expected_steps(hop, world.goal).sum() / 103)
+    assert 0.25 < 1 - theirs / ours < 0.35
+
+
+def test_value_iteration_on_a_three_cell_corridor_by_hand():
+    """Corridor 0-1-2, goal 2. From 0, right always reaches 1 (a failed move goes to the only
+    neighbour, 1); from 1, right reaches 2 w.p. 2/3 + 1/6 and 0 w.p. 1/6. So V1 = 1 + V0 / 6,
+    V0 = 1 + V1: V1 = 7/5, V0 = 12/5, and the mean over starts {0, 1} is 19/10."""
+    world = FourRooms("wwwww\nw   w\nwwwww", goal=2)
+    V = expected_steps(world.P, 2)
+    assert V.tolist() == pytest.approx([12 / 5, 7 / 5, 0.0], abs=1e-9)
+    assert world.optimum() == pytest.approx(1.9, abs=1e-9)
+    grid, cells = parse("wwwww\nw   w\nwwwww")
+    P = transition(neighbours(grid, cells), FAIL)
+    assert P[1, RIGHT].tolist() == pytest.approx([1 / 6, 0.0, 5 / 6])
+
+
+def test_start_states_are_uniform_over_the_other_cells():
+    world = FourRooms()
+    s = world.starts(52_000, world.goal, torch.Generator().manual_seed(1))
+    counts = torch.bincount(s, minlength=world.S)
+    assert counts[world.goal] == 0
+    assert (counts[torch.arange(world.S) != world.goal] > 300).all()
+
+
+# ---- the network -------------------------------------------------------------------------------
+def test_estimator_matches_exact_enumeration_on_a_tiny_world():
+    """The same network on the 2-cell corridor, 2 options, 2 steps, one episode."""
+    oc = tiny()
+    one = (torch.tensor([0]), torch.tensor([1]), torch.tensor([0]))
+    report = scg.check(oc.episodes(), *one, gamma=0.99)
+    assert report.ok, str(report)
+
+
+def test_derive_reads_like_bacon_et_al():
+    setup = scg.zoo.load("option_critic")
+    d = scg.derive(setup.network, *setup.example,
+                   est=scg.compile(setup.network, **setup.options))
+    term, = d["termination"].units
+    option, = d["policy_over_options"].units
+    action, = d["intra_option"].units
+    assert option.bit == ["term"] and term.bit is None and action.bit is None
+    assert "Bacon et al.'s termination gradient" in term.reading
+    assert "−∇β(x_t) · A(s_t, option_{t−1})" in term.reading
+    assert "Bacon et al.'s intra-option policy gradient" in action.reading
+    assert "policy over options" in option.reading
+    assert sorted(term.inputs) == [("option", 1), ("s", 0)]
+    assert sorted(action.inputs) == [("option", 0), ("s", 0)]
+    text = str(d)
+    assert "holds option_{t−1}, no term" in text
+    assert "Δθ_termination ∝ Σ_t γ^t ∇ log π_termination(term_t | option_{t−1}, s_t)" in text
+
+
+def test_per_run_tables_get_only_their_own_gradient():
+    """Episodes of run 1 only: run 0's tables get exactly zero gradient."""
+    oc = OptionCritic(options=2, runs=2, dtype=torch.float64)
+    est = scg.compile(oc.episodes(), gamma=0.99, baseline="loo")
+    s0, goal, run = inputs_for(oc.world, 4, 2, torch.tensor([62, 62]))
+    keep = run == 1
+    out = est(s0[keep], goal[keep], run[keep], 20)
+    out.loss.backward()
+    for p in oc.units.values():
+        assert (p.grad[0] == 0).all()
+    assert out.value.shape == (4,) and (out.value <= 20).all()
+
+
+# ---- bad input ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("options", [0, -1, 1.5, True])
+def test_options_out_of_range(options):
+    with pytest.raises(scg.ScgError, match="options must be an int >= 1"):
+        OptionCritic(options=options)
+
+
+@pytest.mark.parametrize("goal, match", [("west", "unknown goal 'west'"),
+                                         (104, r"state index in \[0, 104\)"),
+                                         ((0, 0), "not an empty cell")])
+def test_unknown_goal(goal, match):
+    with pytest.raises(scg.ScgError, match=match):
+        FourRooms(goal=goal)
+
+
+def test_wrong_state_shapes():
+    oc = OptionCritic(options=2)
+    net = oc.episodes()
+    good = torch.tensor([0, 1]), torch.tensor([62, 62]), torch.tensor([0, 0])
+    with pytest.raises(scg.ScgError, match="1-d LongTensor"):
+        net(good[0][:, None], *good[1:])
+    with pytest.raises(scg.ScgError, match="1-d LongTensor"):
+        net(good[0].double(), *good[1:])
+    with pytest.raises(scg.ScgError, match=r"states must lie in \[0, 104\)"):
+        net(torch.tensor([0, 104]), *good[1:])
+    with pytest.raises(scg.ScgError, match="goal must be a LongTensor of shape"):
+        net(good[0], torch.tensor([62]), good[2])
+    with pytest.raises(scg.ScgError, match=r"run values must lie in \[0, 1\)"):
+        net(good[0], good[1], torch.tensor([0, 1]))
+    with pytest.raises(scg.ScgError, match="1-d LongTensor"):
+        oc.world.step(torch.tensor([[0]]), torch.tensor([0]))
+
+
+# ---- the example -------------------------------------------------------------------------------
+def test_example_smoke(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get(
+        "PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "option_critic.py"),
+                           "--smoke", "--out", str(tmp_path)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    page = (tmp_path / "option_critic.md").read_text()
+    assert "| optimum (value iteration)" in page
+    for name in ("option_critic_learning.png", "option_critic_termination.png"):
+        assert (tmp_path / "img" / name).exists()
+    assert (tmp_path / "option_critic.json").exists()
