@@ -54,10 +54,16 @@ class Tracked(torch.Tensor):
         return track(ret, prov)
 
 
+_INPLACE_DUNDERS = {f"__i{op}__" for op in (
+    "add", "sub", "mul", "matmul", "truediv", "floordiv", "mod", "pow", "lshift", "rshift",
+    "and", "xor", "or")} | {"__setitem__"}
+
+
 def _is_inplace(func):
+    """``x.add_(y)``, ``x += y``, ``x[i] = y``: ops that write into their first argument (not
+    ``__invert__``, ``__index__``, ...)."""
     name = getattr(func, "__name__", "")
-    return name == "__setitem__" or (name.endswith("_") and not name.startswith("__")) or \
-        name.startswith("__i")
+    return name in _INPLACE_DUNDERS or (name.endswith("_") and not name.startswith("__"))
 
 
 def provenance_of(x):

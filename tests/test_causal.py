@@ -1,5 +1,6 @@
 """The causal pass against a brute-force twin: dependence found by intervening on values."""
 
+import pyro.distributions as dist
 import pytest
 import torch
 
@@ -103,3 +104,39 @@ def test_graph_passes_validate_and_print():
     before = set(g.edges)
     G.downstream_costs(g)
     assert set(g.edges) == before  # passes never mutate their input
+
+
+def test_tracked_operators_compute_the_same_values():
+    """Provenance tracking must never change a value: ``~`` (``__invert__``) once matched the
+    in-place rule (names starting ``__i``) and returned its operand unchanged."""
+    from scg.provenance import Tracked, provenance_of
+
+    x = Tracked(torch.tensor([False, True]), {(0, "s")})
+    y = Tracked(torch.tensor([3, 4]), {(0, "u")})
+    assert torch.equal(~x, torch.tensor([True, False]))
+    assert torch.equal(-y, torch.tensor([-3, -4])) and torch.equal(abs(-y), y._t)
+    z = torch.zeros(2, dtype=torch.long)
+    z2 = Tracked(z.clone(), {(0, "v")})
+    z2 += y
+    assert torch.equal(z2._t, torch.tensor([3, 4]))
+    assert {n for _, n in provenance_of(z2)} == {"u", "v"}
+    assert {n for _, n in provenance_of(~x & (y > 3))} == {"s", "u"}
+
+
+def test_masks_built_with_invert_are_analysed_right():
+    f = torch.nn.Linear(1, 1).double()
+
+    @scg.network
+    def model(n):
+        with scg.episodes(n):
+            finished = torch.zeros(n, dtype=torch.bool)
+            for _ in scg.steps(3):
+                a = scg.message("a", dist.Bernoulli(logits=f(torch.ones(n, 1)).squeeze(-1)),
+                                coagent="f")
+                arrived = (a == 1) & ~finished
+                finished = finished | arrived
+                scg.reward("r", arrived.double())
+                scg.done(finished)
+
+    report = scg.check(model, 2)
+    assert report.ok, str(report)
