@@ -3,7 +3,9 @@
 
 - ``none``: b = 0.
 - ``avg``: a decaying average of R per site, updated after use.
-- ``loo``: leave-one-out mean of R over the ``scg.episodes`` plate (needs N >= 2).
+- ``loo``: leave-one-out mean of R over the ``scg.episodes`` plate (needs N >= 2); where
+  ``scg.done`` masks the site, the mean is over the other episodes still running (a finished
+  episode's return of 0 is not a sample of a running one's), 0 when none is.
 - ``critic``: a learned critic of the coagent's local state (its distribution's parameters
   and the step), trained by its own regression term, which has no gradient to the policy.
 """
@@ -37,7 +39,14 @@ def loo(est, group, R, sites, update):
         raise ScgError(f"baseline='loo' needs site {group.names[0]!r} inside scg.episodes(N) "
                        "with N >= 2")
     _, dim, n, _ = ep[-1]
-    return (R.sum(dim, keepdim=True) - R) / (n - 1), None
+    masks = [sites[i].mask for i in group.index]
+    if all(m is None for m in masks):
+        return (R.sum(dim, keepdim=True) - R) / (n - 1), None
+    alive = torch.stack([torch.ones_like(R[k]) if m is None else m.expand_as(R[k]).to(R.dtype)
+                         for k, m in enumerate(masks)])
+    others = alive.sum(dim, keepdim=True) - alive
+    total = (R * alive).sum(dim, keepdim=True) - R * alive
+    return torch.where(others > 0, total / others.clamp(min=1), torch.zeros_like(R)), None
 
 
 def critic(est, group, R, sites, update):

@@ -208,3 +208,33 @@ def test_batched_group_log_prob_equals_per_site():
     assert any(x.abs().sum() > 0 for x in ga)
     for x, y in zip(ga, gb):
         assert torch.allclose(x, y, atol=1e-12)
+
+
+def test_loo_baseline_averages_only_running_episodes(monkeypatch):
+    """After episode 0 finishes, the two running episodes' leave-one-out baselines average
+    each other only (1), not the finished episode's return of 0 too (0.5)."""
+    from scg import baselines
+
+    seen = []
+    rule = baselines.RULES["loo"]
+
+    def spy(est, group, R, sites, update):
+        b, extra = rule(est, group, R, sites, update)
+        seen.append((R.detach().clone(), b.detach().clone()))
+        return b, extra
+    monkeypatch.setitem(baselines.RULES, "loo", spy)
+    th = torch.nn.Parameter(torch.zeros(3, dtype=torch.double))
+
+    @scg.network
+    def model():
+        with scg.episodes(3):
+            for _ in scg.steps(3):
+                a = scg.message("a", dist.Bernoulli(logits=th), coagent="p")
+                scg.reward("r", torch.ones(3, dtype=torch.double) + 0 * a)
+                scg.done(torch.tensor([True, False, False]))
+    scg.compile(model, baseline="loo")()
+    R, b = seen[-1]
+    assert torch.equal(R, torch.tensor([[1., 1., 1.], [0., 1., 1.], [0., 1., 1.]],
+                                       dtype=R.dtype))
+    assert torch.equal(b[1:, 1:], R[1:, 1:])      # the other running episode's return
+    assert torch.equal(b[0], R[0])
