@@ -43,10 +43,12 @@ class Args:
     """episodic: episodes per update; online: parallel streams"""
     T: int = 16
     """episodic: steps per episode"""
-    online_updates: int = 6000
+    online_updates: int = 10000
     """online: steps (one update each)"""
     lr: float = 0.01
     """Adam step size"""
+    bonus: float = 0.2
+    """entropy bonus on the messages at the start, annealed linearly to 0 at 70% of training"""
     eval_episodes: int = 4096
     """episodes of T steps for the final per-step reward"""
     threads: int = 1
@@ -58,15 +60,24 @@ class Args:
 
 
 def evaluate(talk, args):
-    """Mean per-step reward (sum of both log-likelihoods) on fresh episodes."""
+    """Mean per-step reward (sum of both log-likelihoods) on fresh episodes, no bonus."""
+    talk.bonus = 0.0
     est = scg.compile(talk.episodes(), objective="mean")
     with torch.no_grad():
         return est(args.eval_episodes, args.T).stats["return"]
 
 
+def anneal(talk, args, step, total):
+    """The entropy bonus at ``step`` of ``total``: linear from ``args.bonus`` to 0 at 70%."""
+    talk.bonus = args.bonus * max(0.0, 1.0 - step / (0.7 * total))
+
+
 def episodic(talk, args):
-    t = scg.Trainer(talk.episodes(), (args.batch, args.T), baseline="loo", objective="mean",
-                    lr=args.lr, seed=args.seed, progress=False)
+    def inputs(step):
+        anneal(talk, args, step, args.updates)
+        return (args.batch, args.T)
+    t = scg.Trainer(talk.episodes(), inputs, baseline="loo", objective="mean", lr=args.lr,
+                    seed=args.seed, progress=False)
     return [r["objective"] for r in t.fit(args.updates)]
 
 
@@ -78,7 +89,8 @@ def online(talk, args):
     est(state)                                            # discover the parameters
     opt = torch.optim.Adam(est.parameters(), lr=args.lr)
     curve = []
-    for _ in range(args.online_updates):
+    for step in range(args.online_updates):
+        anneal(talk, args, step, args.online_updates)
         out = est(state)
         opt.zero_grad()
         out.loss.backward()
@@ -135,7 +147,7 @@ def plot(curves, rows, path):
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for ax, stream in zip(axes, ("markov", "split")):
-        for key, curve in curves.items():
+        for key, curve in curves.items():  # training curves include the (annealed) bonus
             s, m, mode = key.split("/")
             if s == stream:
                 x = range(1, len(curve) + 1)
@@ -174,7 +186,10 @@ def page(rows, args, seconds):
         "gradient of the mean per-step reward, leave-one-out baseline. Online: seed 000's",
         f"per-step rule, {args.online_updates} steps on {args.batch} never-ending streams, each",
         "message credited with its own step's predictions (`gamma=0`), decaying-average",
-        f"baseline. Adam, lr {args.lr}. Reward measured after training on {args.eval_episodes}",
+        f"baseline. Both: an entropy bonus on the messages (weight {args.bonus}, an `scg.cost`)",
+        "annealed linearly to 0 at 70% of training, so the agents keep exploring until a code",
+        "forms (without it, one seed of each mode settled on a code that merges two states).",
+        f"Adam, lr {args.lr}. Reward measured after training on {args.eval_episodes}",
         f"fresh episodes of {args.T} steps, with the agents' stochastic policies.",
         "",
         "| stream | messages | training | per-step reward | bound | mute bound | gap to bound |",

@@ -100,6 +100,9 @@ class Talk:
     stream: str = "split"
     messages: int = 4
     chain: torch.Tensor = None
+    bonus: float = 0.0
+    """weight of an entropy bonus on both message policies (an ``scg.cost``, so it is part of
+    the trained objective: anneal it to 0; it keeps messages exploring until a code forms)"""
 
     def __post_init__(self):
         if self.stream not in STREAMS:
@@ -137,9 +140,13 @@ class Talk:
         predict. Returns the next state."""
         x, y, ma, mb = state["x"], state["y"], state["ma"], state["mb"]
         obs_b = torch.zeros_like(y) if self.stream == "markov" else y
-        new_ma = scg.message("mA", dist.Categorical(logits=self.A.speak(x, mb)), coagent="A")
-        new_mb = scg.message("mB", dist.Categorical(logits=self.B.speak(obs_b, ma)),
-                             coagent="B")
+        pa = dist.Categorical(logits=self.A.speak(x, mb))
+        pb = dist.Categorical(logits=self.B.speak(obs_b, ma))
+        new_ma = scg.message("mA", pa, coagent="A")
+        new_mb = scg.message("mB", pb, coagent="B")
+        if self.bonus:
+            scg.cost("bonusA", self.bonus * pa.entropy(), coagent="A")
+            scg.cost("bonusB", self.bonus * pb.entropy(), coagent="B")
         nx = scg.env("X", dist.Categorical(probs=self.P[x]))
         target_a, target_b = nx, nx
         if self.stream == "split":

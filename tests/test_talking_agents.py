@@ -82,3 +82,13 @@ def test_example_smoke(tmp_path):
                           str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert (tmp_path / "talking_agents.md").exists()
+
+
+def test_entropy_bonus_is_each_agents_own_cost():
+    talk = Talk("split", 3, bonus=0.1)
+    est = scg.compile(talk.episodes())
+    g = est.graph(4, 2)
+    bonus = {n: a["coagent"] for n, a in g.nodes(data=True) if n.startswith("bonus")}
+    assert bonus == {"bonusA@0": "A", "bonusB@0": "B", "bonusA@1": "A", "bonusB@1": "B"}
+    talk.bonus = 0.0
+    assert not any(n.startswith("bonus") for n in est.graph(4, 2))
