@@ -2,11 +2,13 @@
 
 Three coagents (termination unit, policy over options with execute = the termination bit,
 intra-option policy), tabular, trained with scg's Monte Carlo estimator over batches of whole
-episodes (leave-one-out baseline, Adam): `episodes` episodes with the goal in the east doorway,
-then the goal moves to a random cell of the lower-right room (one per run) and training goes on
-for as many episodes. Several independent runs train at once (one table per run, one batched
-tensor program). Reports steps per episode against the optimum computed by value iteration, the
-recovery after the goal moves, and where each option terminates (beta per cell).
+episodes (leave-one-out baseline, Adam; by default the episodes of one update all start in the
+same random cell, so the baseline compares episodes from the same start): `episodes` episodes
+with the goal in the east doorway, then the goal moves to a random cell of the lower-right room
+(one per run) and training goes on for as many episodes. Several independent runs train at once
+(one table per run, one batched tensor program). Reports steps per episode against the optimum
+computed by value iteration, the recovery after the goal moves, and where each option terminates
+(beta per cell).
 
 Why Monte Carlo over batches, not Bacon et al.'s online TD: scg's online estimator makes one
 trace and one backward pass per episode and step (about 5 ms on one core), and 2,000 episodes of
@@ -15,7 +17,7 @@ are one trace per step for all of them.
 
 Writes docs/option_critic.md, docs/option_critic.json and two plots under docs/img/.
 
-    python examples/option_critic.py            # the full run (about 10 minutes on one core)
+    python examples/option_critic.py            # the full run (about 5 minutes on one core)
     python examples/option_critic.py --smoke    # seconds, for tests
 """
 
@@ -46,8 +48,11 @@ class Args:
     """number of options"""
     episodes: int = 1000
     """episodes per run before the goal moves (and as many after)"""
-    batch: int = 20
+    batch: int = 10
     """episodes per run in one update"""
+    independent_starts: bool = False
+    """each episode draws its own start (default: the batch's episodes of a run share one
+    random start cell, redrawn each update)"""
     lr: float = 0.3
     """Adam step size (all three units)"""
     horizon: int = 1000
@@ -76,7 +81,8 @@ def train(args, oc, est, opt, goals, gen):
     """``args.episodes`` episodes per run towards ``goals`` [runs]: mean steps per update."""
     curve = []
     for _ in range(args.episodes // args.batch):
-        out = est(*inputs_for(oc.world, args.batch, args.runs, goals, gen))
+        shared = not args.independent_starts
+        out = est(*inputs_for(oc.world, args.batch, args.runs, goals, gen, shared))
         opt.zero_grad()
         out.loss.backward()
         opt.step()
@@ -173,7 +179,11 @@ def page(args, res, seconds):
         "`models/option_critic.py` (zoo: `option_critic`).",
         "",
         f"Training: scg's Monte Carlo estimator (leave-one-out baseline) on batches of "
-        f"{args.batch} whole episodes per run, Adam (lr {args.lr}), {args.options} options, "
+        f"{args.batch} whole episodes per run"
+        + (" that all start in one random cell (redrawn each update: the gradient is still "
+           "that of the uniform start, and the baseline compares episodes from the same start)"
+           if not args.independent_starts else "")
+        + f", Adam (lr {args.lr}), {args.options} options, "
         f"tabular; {args.runs} runs of {args.episodes} episodes, then the goal moves to a "
         f"random cell of the lower-right room (per run: {res['moved_goals']}) and "
         f"{args.episodes} more. Online TD as in Bacon et al. does not fit the time budget "

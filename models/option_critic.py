@@ -124,20 +124,29 @@ def tiny(options=2, horizon=2):
     return oc
 
 
-def inputs_for(world, batch, runs, goals, generator=None):
-    """One update's inputs: ``batch`` episodes per run, run-major; ``goals`` [runs]."""
+def inputs_for(world, batch, runs, goals, generator=None, shared_start=False):
+    """One update's inputs: ``batch`` episodes per run, run-major; ``goals`` [runs].
+
+    ``shared_start``: the ``batch`` episodes of a run all start in one cell (drawn uniformly
+    from the other cells, afresh each update). The gradient is still that of the uniform-start
+    objective (the start is drawn, then episodes from it), but the leave-one-out baseline then
+    compares episodes from the same start, which removes the start cell's share of the variance
+    (far cells take many more steps than near ones)."""
     run = torch.arange(runs).repeat_interleave(batch)
     goal = goals[run]
-    return world.starts(len(run), goal, generator), goal, run
+    if not shared_start:
+        return world.starts(len(run), goal, generator), goal, run
+    return world.starts(runs, goals, generator).repeat_interleave(batch), goal, run
 
 
 @scg.zoo.register("option_critic", "Bacon et al.'s option-critic on Four Rooms as three "
                   "coagents (termination bit drives the policy over options); the goal moves "
                   "after 1000 episodes")
-def build(batch=16, options=4, moved_after=1000, seed=0):
-    """The zoo entry: ``batch`` episodes per update from a uniformly random non-goal cell; the
-    goal is the east doorway for the first ``moved_after`` episodes, then a random cell of the
-    lower-right room (drawn with ``seed``). ``scg check`` uses the 2-cell corridor, 2 steps."""
+def build(batch=10, options=4, moved_after=1000, seed=0):
+    """The zoo entry: ``batch`` episodes per update, all from one uniformly random non-goal
+    cell (``shared_start``: the leave-one-out baseline compares like with like); the goal is the
+    east doorway for the first ``moved_after`` episodes, then a random cell of the lower-right room
+    (drawn with ``seed``). ``scg check`` uses the 2-cell corridor, 2 steps."""
     oc = OptionCritic(FourRooms(), options)
     gen = torch.Generator().manual_seed(seed)
     room = oc.world.lower_right()
@@ -146,13 +155,13 @@ def build(batch=16, options=4, moved_after=1000, seed=0):
 
     def inputs(step):
         goals = east if step * batch < moved_after else moved
-        return inputs_for(oc.world, batch, 1, goals)
+        return inputs_for(oc.world, batch, 1, goals, shared_start=True)
 
     small = tiny()
     one = (torch.tensor([0]), torch.tensor([1]), torch.tensor([0]))
     return scg.zoo.Setup(network=oc.episodes(), inputs=inputs,
                          example=(torch.tensor([0, 5]), east.repeat(2), torch.zeros(2).long(), 3),
                          options={"gamma": GAMMA, "baseline": "loo"},
-                         train={"lr": 0.1, "updates": 2 * moved_after // batch},
+                         train={"lr": 0.3, "updates": 2 * moved_after // batch},
                          modules=oc.units, check=(small.episodes(), one, {"gamma": GAMMA}),
                          episodes_per_update=batch)

@@ -104,6 +104,22 @@ def test_start_states_are_uniform_over_the_other_cells():
     assert (counts[torch.arange(world.S) != world.goal] > 300).all()
 
 
+def test_shared_start_gives_one_uniform_start_per_run_and_update():
+    """``shared_start``: a run's episodes share one start, never the run's goal, and over many
+    updates every other cell is drawn (the objective's start distribution is unchanged)."""
+    world = FourRooms()
+    goals = torch.tensor([world.goal, 0])
+    gen = torch.Generator().manual_seed(2)
+    firsts = []
+    for _ in range(2000):
+        s0, goal, run = inputs_for(world, 3, 2, goals, gen, shared_start=True)
+        assert run.tolist() == [0, 0, 0, 1, 1, 1] and (goal == goals[run]).all()
+        assert (s0.view(2, 3) == s0.view(2, 3)[:, :1]).all() and (s0 != goal).all()
+        firsts.append(s0[0])
+    counts = torch.bincount(torch.stack(firsts), minlength=world.S)
+    assert counts[world.goal] == 0 and (counts[torch.arange(world.S) != world.goal] > 0).all()
+
+
 # ---- the network -------------------------------------------------------------------------------
 def test_estimator_matches_exact_enumeration_on_a_tiny_world():
     """The same network on the 2-cell corridor, 2 options, 2 steps, one episode."""
