@@ -9,8 +9,8 @@ def parse(cls, doc):
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     for f in fields(cls):
         flag = f"--{f.name.replace('_', '-')}"
-        if f.type is bool or f.type == "bool":
-            parser.add_argument(flag, action="store_true")
+        if f.type is bool or f.type == "bool":  # --flag / --no-flag, default as declared
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
         else:
             kind = {"int": int, "float": float, "str": str}.get(f.type, f.type)
             parser.add_argument(flag, type=kind, default=f.default)
