@@ -96,12 +96,16 @@ class Trainer:
         max_grad_norm: clip the global gradient norm (None: no clipping).
         modules: ``nn.Module`` or dict of them holding the model's parameters; checkpoints then
             name parameters by module path instead of by discovery order.
+        callback: ``callback(trainer, out, row)`` after every update, with the update's
+            :class:`scg.Output` (``out.value`` is the network's return value) and its metrics
+            row; numbers it adds to ``row`` are logged like the others (CSV, TensorBoard).
         **options: compile options when ``model`` is a network (``gamma``, ``baseline``, ...).
     """
 
     def __init__(self, model, inputs, *, optimizer="adam", lr=0.01, per_coagent=False,
                  schedule=None, seed=None, out=None, checkpoint_every=0, progress=True,
-                 tensorboard=False, max_grad_norm=None, modules=None, **options):
+                 tensorboard=False, max_grad_norm=None, modules=None, callback=None,
+                 **options):
         from .estimator import Estimator, compile
 
         if isinstance(model, Estimator):
@@ -123,7 +127,7 @@ class Trainer:
         self.optimizer, self.lr, self.per_coagent = optimizer, lr, per_coagent
         self.schedule_spec, self.max_grad_norm = schedule, max_grad_norm
         self.out, self.checkpoint_every, self.progress = out, checkpoint_every, progress
-        self.tensorboard, self.modules = tensorboard, modules
+        self.tensorboard, self.modules, self.callback = tensorboard, modules, callback
         self.step, self.history, self.groups = 0, [], None
         self._writer, self._total = None, None
         if seed is not None:
@@ -202,6 +206,8 @@ class Trainer:
         row.update({f"loss/{c}": float(v.detach()) for c, v in sorted(out.local.items())})
         row.update({f"lr/{g}": lr for g, lr in used.items()})  # the step size this update used
         row["seconds"] = time.perf_counter() - t0
+        if self.callback is not None:
+            self.callback(self, out, row)
         return row
 
     def fit(self, updates):

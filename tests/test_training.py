@@ -182,3 +182,18 @@ def test_killed_and_resumed_run_equals_uninterrupted(tmp_path):
     assert all(torch.equal(x, y) for x, y in zip(a["params"], b["params"]))
     assert a["history"][-1]["objective"] == b["history"][-1]["objective"]
     assert [r["step"] for r in read_csv(tmp_path / "b" / "metrics.csv")] == list(range(1, 31))
+
+
+def test_callback_sees_the_run_and_adds_metrics(tmp_path):
+    model, args, opts = fresh("chain")
+    seen = []
+
+    def callback(trainer, out, row):
+        seen.append((trainer.step, out.value))
+        row["reward_a"] = float(next(s for s in out.sites if s.name == "r").value.mean())
+    t = scg.Trainer(model, args, out=str(tmp_path), progress=False, callback=callback)
+    t.fit(3)
+    assert [k for k, _ in seen] == [1, 2, 3]
+    assert all("reward_a" in r for r in t.history)
+    assert [r["reward_a"] for r in read_csv(tmp_path / "metrics.csv")] == \
+        pytest.approx([r["reward_a"] for r in t.history])
