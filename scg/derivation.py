@@ -18,8 +18,7 @@ policy over options, and a unit reading that unit's output an intra-option polic
 
 from dataclasses import dataclass, field
 
-from .recurrence import roll
-from .rendering import rolled_credit
+from .recurrence import roll, rolled_credit
 
 BASELINES = {
     "none": ("b = 0", "no baseline"),

@@ -14,6 +14,7 @@ every step, ``unroll(roll(g), T)`` has exactly ``g``'s nodes and edges. A site o
 import networkx as nx
 
 from .errors import ScgError
+from .graph import downstream_costs
 
 KEEP = ("role", "coagent", "dist", "reparam", "execution_of", "execute", "plates", "shape",
         "owner")
@@ -58,6 +59,19 @@ def roll(g):
             e[k] = e[k] or flags[k]
         r.edges[bu, bv]["back"] = max(r.edges[bu, bv]["lags"]) > 0
     return r
+
+
+def rolled_credit(g):
+    """Rolled credit of an unrolled graph: ``{(site, cost): lags}`` over base names, where a lag
+    k means the site at step t is credited with the cost at step t + k."""
+    out = {}
+    for s, cs in downstream_costs(g).items():
+        bs, ts = split(s)
+        for c in cs:
+            bc, tc = split(c)
+            lag = tc - ts if ts is not None and tc is not None else 0
+            out.setdefault((bs, bc), set()).add(lag)
+    return {k: sorted(v) for k, v in out.items()}
 
 
 def back_edges(r):

@@ -18,7 +18,8 @@ Conventions (Pyro's plate notation, plus roles and time):
 import graphviz
 
 from . import graph as G
-from .recurrence import roll, split, unroll
+from .errors import ScgError
+from .recurrence import roll, rolled_credit, unroll
 
 STYLE = {
     "message": {"shape": "ellipse"},
@@ -35,19 +36,6 @@ CREDIT = {"style": "dotted", "color": "red", "constraint": "false"}
 def kind(attrs):
     """The drawing role of a node: its role, or ``exec`` for an execution coagent's bit."""
     return "exec" if attrs.get("execution_of") else attrs["role"]
-
-
-def rolled_credit(g):
-    """Rolled credit of an unrolled graph: ``{(site, cost): lags}`` over base names, where a lag
-    k means the site at step t is credited with the cost at step t + k."""
-    out = {}
-    for s, cs in G.downstream_costs(g).items():
-        bs, ts = split(s)
-        for c in cs:
-            bc, tc = split(c)
-            lag = tc - ts if ts is not None and tc is not None else 0
-            out.setdefault((bs, bc), set()).add(lag)
-    return {k: sorted(v) for k, v in out.items()}
 
 
 def spec(g, credited=None):
@@ -148,10 +136,9 @@ def _span(lags):
 def view(est, args, kwargs, rolled=False, unrolled=None):
     """The graph to draw and its credit: this run's graph, the rolled graph, or the rolled graph
     unrolled for ``unrolled`` steps."""
-    g = est.graph(*args, **kwargs)
     if rolled and unrolled:
-        from .errors import ScgError
         raise ScgError("render: choose rolled=True or unrolled=T, not both")
+    g = est.graph(*args, **kwargs)
     if rolled:
         return roll(g), rolled_credit(g)
     if unrolled:

@@ -129,7 +129,7 @@ class Trainer:
         self.out, self.checkpoint_every, self.progress = out, checkpoint_every, progress
         self.tensorboard, self.modules, self.callback = tensorboard, modules, callback
         self.step, self.history, self.groups = 0, [], None
-        self._writer, self._total = None, None
+        self._writer, self._total, self._schedule = None, None, None
         if seed is not None:
             pyro.set_rng_seed(seed)
 
@@ -170,8 +170,10 @@ class Trainer:
 
     def _factor(self, step):
         """The schedule's factor at ``step``, over the total of the current ``fit`` (a cosine
-        schedule resumed with another total follows the new one)."""
-        return schedule(self.schedule_spec, self._total)(step)
+        schedule resumed with another total follows the new one); built once per total."""
+        if self._schedule is None or self._schedule[0] != self._total:
+            self._schedule = (self._total, schedule(self.schedule_spec, self._total))
+        return self._schedule[1](step)
 
     # ---- one update --------------------------------------------------------------------------
     def update(self):
