@@ -226,13 +226,18 @@ class Estimator(torch.nn.Module):
         return out
 
     # ---- online (estimator="td") -----------------------------------------------------------
-    def finish(self):
+    def finish(self, done=None):
         """``estimator="td"``: end the episode (V = 0 after the last step). Returns the
-        :class:`Output` of the last step's update, and resets traces and the time origin."""
+        :class:`Output` of the last step's update, and resets traces and the time origin.
+
+        ``done``: a bool tensor [N], one per episode of the ``scg.episodes`` plate, ends only
+        those episodes (the others go on in the next window): a batch of environments that
+        restart independently, e.g. several runs learning online in one tensor program."""
         if self.td is None:
             raise ScgError("finish() is for estimator='td'; the Monte Carlo estimator has no "
                            "state between calls")
-        return self._td_output(self.td.finish(*self._td_params()), 0.0, self.last_plan)
+        return self._td_output(self.td.finish(*self._td_params(), done=done), 0.0,
+                               self.last_plan)
 
     def _td_params(self):
         actor = list({id(p): p for ps in self.params.values() for p in ps.values()}.values())

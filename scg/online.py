@@ -13,7 +13,8 @@ through the estimator. Per step t (the backward view; Sutton & Barto 2018, secti
 ``V`` is the ``scg.value`` site of each step (0 where there is none: then lambda = 1 is the Monte
 Carlo estimator, whose expected update is the exact gradient). ``delta_t`` needs V(s_{t+1}), so
 the last step of a window is settled at the start of the next; :meth:`TD.finish` settles it
-with V = 0 (episode end) and resets traces and the time origin. The *time origin* is the first
+with V = 0 (episode end) and resets traces and the time origin, of every episode or only of
+those that ended (``done``: a batch of environments that restart independently). The *time origin* is the first
 step after the last ``finish`` (or the first call): ``I_t = gamma^t`` counts from there, which is
 the true gradient of the discounted objective of an episode. ``discount_score=False`` drops
 ``I_t`` (the common convention for continuing streams; biased for the discounted objective).
@@ -25,7 +26,8 @@ the gradient only when V is the true value function (tests/test_online.py measur
 
 The estimate of u is returned as a surrogate ``-(u . theta)`` (its gradient is ``-u``; its value
 is minus the window's discounted return), so any torch optimiser applies it. Each episode of the
-``scg.episodes`` plate keeps its own traces (one backward pass per episode and step).
+``scg.episodes`` plate keeps its own traces and time origin; per-episode gradients come from one
+vectorised backward pass per step (``is_grads_batched``).
 """
 
 import torch
@@ -35,7 +37,12 @@ from .terms import cost, log_prob, masked
 
 
 class TD:
-    """The state of an online actor-critic over one estimator's windows."""
+    """The state of an online actor-critic over one estimator's windows.
+
+    Everything is kept per episode of the ``scg.episodes`` plate: traces ``[N, *param]``, the
+    pending step, and the time origin (steps since that episode's last ``finish``), so episodes
+    of one plate may end at different steps (``finish(done)``: a batch of environments that
+    restart independently)."""
 
     def __init__(self, est):
         self.gamma = est.gamma
@@ -47,11 +54,11 @@ class TD:
         self.reset()
 
     def reset(self):
-        """Forget traces, the pending step and the time origin (a new episode)."""
-        self.z = None        # per episode: list over actor params
-        self.zw = None       # per episode: list over critic params
-        self.pending = None  # (r [N], v [N]) of the last step, awaiting V(s_{t+1})
-        self.t0 = 0          # steps since the time origin
+        """Forget traces, the pending step and the time origin of every episode."""
+        self.z = None        # actor traces: one [N, *p.shape] per parameter
+        self.zw = None       # critic traces
+        self.pending = None  # (r [N], v [N], open [N] bool) of the last step, awaiting V(s_{t+1})
+        self.t0 = None       # [N] steps since each episode's time origin
 
     # ---- one window -------------------------------------------------------------------
     def window(self, sites, actor, critic):
@@ -60,55 +67,115 @@ class TD:
         N = _episodes(sites)
         like = (actor + critic)[0] if actor + critic else torch.zeros(())
         u = {id(p): torch.zeros_like(p) for p in actor + critic}
+        if self.t0 is not None and self.t0.shape[0] != N:
+            raise ScgError(f"the episodes plate changed size from {self.t0.shape[0]} to {N} "
+                           "between windows; call finish() first")
         ret = 0.0
         for t in steps:
             at = [s for s in sites if s.time == t]
             r, pathwise = _step_reward(at, N, like)
             v = _step_value(at, N, like)
             if self.pending is not None:
-                self._settle(u, actor, critic, v.detach())
-            I_t = self.gamma ** self.t0 if self.discount else 1.0
+                self._settle(u, actor, critic, v.detach(), self.pending[2])
+            if self.t0 is None:
+                self.t0 = torch.zeros(N, dtype=torch.long, device=like.device)
+            I_t = self._discount(like)
             self._accumulate(at, actor, critic, v, I_t, N, like)
             if pathwise is not None:
-                for p, g in zip(actor, _grad(pathwise, actor)):
-                    u[id(p)] += I_t * g
-            self.pending = (r.detach(), v.detach())
-            ret += (self.gamma ** self.t0) * r.detach().mean().item()
-            self.t0 += 1
+                for p, g in zip(actor, _grad(pathwise, actor, weights=I_t)):
+                    u[id(p)] += g
+            self.pending = (r.detach(), v.detach(), torch.ones(N, dtype=torch.bool,
+                                                                device=r.device))
+            ret += (self.gamma ** self.t0.to(r.dtype) * r.detach()).mean().item()
+            self.t0 = self.t0 + 1
         return u, ret
 
-    def finish(self, actor, critic):
-        """Settle the last step with V(s_T) = 0 and reset: the update it adds."""
+    def finish(self, actor, critic, done=None):
+        """Settle the last step of the episodes in ``done`` (a bool [N]; all by default) with
+        V(s_T) = 0 and reset their traces and time origins: the update it adds. The other
+        episodes keep their pending step, to be settled by the next window."""
         u = {id(p): torch.zeros_like(p) for p in actor + critic}
+        if done is None:
+            if self.pending is not None:
+                self._settle(u, actor, critic, torch.zeros_like(self.pending[1]),
+                             self.pending[2])
+            self.reset()
+            return u
+        N = None if self.t0 is None else self.t0.shape[0]
+        if not isinstance(done, torch.Tensor) or done.dtype != torch.bool or done.dim() != 1 \
+                or (N is not None and done.shape[0] != N):
+            raise ScgError(f"finish(done=...) takes a bool tensor of shape [{N or 'N'}] (one "
+                           f"per episode of the plate), got "
+                           f"{getattr(done, 'dtype', type(done).__name__)} "
+                           f"{tuple(getattr(done, 'shape', ()))}")
+        if self.t0 is None:
+            return u
+        done = done.to(self.t0.device)
         if self.pending is not None:
-            self._settle(u, actor, critic, torch.zeros_like(self.pending[1]))
-        self.reset()
+            r, v, open_ = self.pending
+            self._settle(u, actor, critic, torch.zeros_like(v), open_ & done)
+            self.pending = (r, v, open_ & ~done)
+        keep = (~done).to(like_dtype(actor + critic))
+        for zs in (self.z or [], self.zw or []):
+            for i, z in enumerate(zs):
+                zs[i] = z * keep.reshape((-1,) + (1,) * (z.dim() - 1))
+        self.t0 = torch.where(done, torch.zeros_like(self.t0), self.t0)
         return u
 
-    def _settle(self, u, actor, critic, v_next):
-        r, v = self.pending
+    def _discount(self, like):
+        """I_t per episode: gamma^(steps since its time origin), or 1."""
+        if not self.discount:
+            return like.new_ones(self.t0.shape[0])
+        return like.new_tensor(self.gamma) ** self.t0.to(like.dtype)
+
+    def _settle(self, u, actor, critic, v_next, which):
+        """Add delta_t z_t for the episodes in ``which`` (their pending step is settled)."""
+        r, v, _ = self.pending
         delta = r + (v_next if self.average else self.gamma * v_next) - v
-        if self.average:
-            delta = delta - self.rho
-            self.rho += self.rate * delta.mean().item()
-        for n in range(delta.shape[0]):
-            for p, z in zip(actor, self.z[n]):
-                u[id(p)] += delta[n] * z / delta.shape[0]
-            for p, z in zip(critic, self.zw[n]):
-                u[id(p)] += delta[n] * z / delta.shape[0]
+        delta = torch.where(which, delta, torch.zeros_like(delta))
+        if self.average and bool(which.any()):
+            delta = delta - self.rho * which.to(delta.dtype)
+            self.rho += self.rate * (delta.sum() / which.sum()).item()
+        N = delta.shape[0]
+        for p, z in list(zip(actor, self.z)) + list(zip(critic, self.zw)):
+            u[id(p)] += torch.tensordot(delta.to(z.dtype), z, dims=1) / N
         self.pending = None
 
     def _accumulate(self, at, actor, critic, v, I_t, N, like):
         lp = sum((_score(s, N) for s in at if _scored(s)), like.new_zeros(N))
         decay = self.gamma * self.lam
         if self.z is None:
-            self.z = [[torch.zeros_like(p) for p in actor] for _ in range(N)]
-            self.zw = [[torch.zeros_like(p) for p in critic] for _ in range(N)]
-        for n in range(N):
-            ga = _grad(lp[n], actor, retain=True)
-            gw = _grad(v[n], critic, retain=True)
-            self.z[n] = [decay * z + I_t * g for z, g in zip(self.z[n], ga)]
-            self.zw[n] = [decay * z + g for z, g in zip(self.zw[n], gw)]
+            self.z = [p.new_zeros((N,) + p.shape) for p in actor]
+            self.zw = [p.new_zeros((N,) + p.shape) for p in critic]
+        ga = _per_episode_grads(lp, actor)
+        gw = _per_episode_grads(v, critic)
+        shape = lambda g: I_t.reshape((-1,) + (1,) * (g.dim() - 1))   # noqa: E731
+        self.z = [decay * z + shape(g) * g for z, g in zip(self.z, ga)]
+        self.zw = [decay * z + g for z, g in zip(self.zw, gw)]
+
+
+def like_dtype(params):
+    return params[0].dtype if params else torch.get_default_dtype()
+
+
+def _per_episode_grads(y, params):
+    """d y[n] / d p for every episode n: one ``[N, *p.shape]`` per parameter.
+
+    One vectorised backward pass (``is_grads_batched``); where an operation of the model has no
+    batching rule, one backward pass per episode instead (same numbers)."""
+    N = y.shape[0]
+    if not params:
+        return []
+    if not y.requires_grad:
+        return [p.new_zeros((N,) + p.shape) for p in params]
+    try:
+        gs = torch.autograd.grad(y, params, grad_outputs=torch.eye(N, dtype=y.dtype,
+                                                                   device=y.device),
+                                 retain_graph=True, allow_unused=True, is_grads_batched=True)
+    except RuntimeError:
+        rows = [_grad(y[n], params, retain=True) for n in range(N)]
+        return [torch.stack(g) for g in zip(*rows)]
+    return [g if g is not None else p.new_zeros((N,) + p.shape) for g, p in zip(gs, params)]
 
 
 def _episodes(sites):
@@ -139,7 +206,8 @@ def _score(site, N):
 
 
 def _step_reward(at, N, like):
-    """r_t per episode (detached use) and, if any, the pathwise part (predictors, costs)."""
+    """r_t per episode (detached) and, if any, the pathwise part per episode [N] (predictors,
+    costs whose value depends on parameters)."""
     total = like.new_zeros(N)
     pathwise = None
     for s in at:
@@ -147,8 +215,7 @@ def _step_reward(at, N, like):
             c = _per_episode(cost(s), s, N)
             total = total + c.detach()
             if c.requires_grad:
-                part = c.sum() / N
-                pathwise = part if pathwise is None else pathwise + part
+                pathwise = c if pathwise is None else pathwise + c
     return total, pathwise
 
 
@@ -163,7 +230,9 @@ def _step_value(at, N, like):
     return _per_episode(masked(s.fn.v.expand(s.fn.batch_shape), s.mask), s, N)
 
 
-def _grad(y, params, retain=False):
+def _grad(y, params, retain=False, weights=None):
+    if weights is not None:   # y is [N] per episode: d (sum_n w_n y_n) / N
+        y = (weights.to(y.dtype) * y).sum() / y.shape[0]
     if not params:
         return []
     if not y.requires_grad:

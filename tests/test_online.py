@@ -191,3 +191,48 @@ def test_bootstrapping_trades_bias_for_variance():
     assert table[(1.0, True)][1] > table[(0.5, True)][1] > table[(0.0, True)][1]
     assert table[(1.0, False)][1] > table[(0.5, False)][1] > table[(0.0, False)][1]
     assert table[(0.0, False)][0] > table[(0.5, False)][0] > 0.05
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.6, 1.0])
+def test_finish_of_some_episodes_equals_separate_runs(lam):
+    """Two episodes in one plate, one restarting after 2 steps (``finish(done)``): the update is
+    the mean of the three episodes run alone (traces, pending TD errors and time origins are
+    per episode)."""
+    _, one_step, theta, V, R = chain(3)
+    with torch.no_grad():
+        V.normal_()
+    acts = {0: [1, 0, 1], 1: [0, 1, 1]}   # per plate element, per window
+
+    def run(est, s, t, a):
+        return est.run((s, t), {}, scg.trace.Fix({"a@0": a.float()}))
+
+    est = scg.compile(one_step, estimator="td", lam=lam, gamma=GAMMA)
+    s, t, total = torch.tensor([0, 1]), torch.tensor([0, 0]), 0.0
+    for k in range(3):
+        o = run(est, s, t, torch.tensor([acts[0][k], acts[1][k]]))
+        total, s, t = total + o.loss, o.value, t + 1
+        if k == 1:   # episode 0 ends and restarts from state 1 at t = 0
+            total = total + est.finish(done=torch.tensor([True, False])).loss
+            s, t = torch.tensor([1, s[1].item()]), torch.tensor([0, t[1].item()])
+    batched = -flat(total + est.finish().loss, [theta, V])
+
+    def alone(s0, actions):
+        e = scg.compile(one_step, estimator="td", lam=lam, gamma=GAMMA)
+        s, tot = torch.tensor([s0]), 0.0
+        for k, a in enumerate(actions):
+            o = run(e, s, torch.tensor([k]), torch.tensor([a]))
+            tot, s = tot + o.loss, o.value
+        return -flat(tot + e.finish().loss, [theta, V])
+
+    separate = (alone(0, acts[0][:2]) + alone(1, acts[0][2:]) + alone(1, acts[1])) / 2
+    assert torch.allclose(batched, separate, atol=1e-6)
+
+
+def test_finish_done_must_name_episodes():
+    _, one_step, *_ = chain(2)
+    est = scg.compile(one_step, estimator="td")
+    est(torch.tensor([0, 1]), 0)
+    with pytest.raises(scg.ScgError, match=r"bool tensor of shape \[2\]"):
+        est.finish(done=torch.tensor([True]))
+    with pytest.raises(scg.ScgError, match="bool tensor"):
+        est.finish(done=[True, False])
