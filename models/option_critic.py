@@ -100,6 +100,79 @@ class OptionCritic:
             return steps
         return option_critic
 
+    def online(self):
+        """The one-step network ``step(s, w, first, goal, run)`` for online learning
+        (``estimator="td"``, Bacon et al.'s setting): one step of every run's current episode,
+        returning ``(s', w, arrived)``.
+
+        ``s`` [N] current cells, ``w`` [N] the option held from the previous step, ``first`` [N]
+        bool: the episode starts here (the termination unit does not run; its output is 1, so
+        the policy over options draws). The critic V(s_t, w_{t-1}) (:attr:`critic`, one table
+        per run, column ``options`` for "no option yet") is the step's ``scg.value`` site: the
+        state of the network is the cell *and* the option it holds. The driver calls
+        ``est.finish(done=arrived)`` and restarts those runs' episodes."""
+        th, world, O = self.units, self.world, self.options
+        dtype = th["beta"].dtype
+        P = world.P.to(dtype)
+        if not hasattr(self, "critic"):
+            self.critic = torch.nn.Parameter(torch.zeros(self.runs, world.S, O + 1, dtype=dtype))
+        V = self.critic
+
+        @scg.network
+        def option_critic_step(s, w, first, goal, run):
+            self.check_inputs(s, goal, run)
+            with scg.episodes(s.shape[0]):
+                for _ in scg.steps(1):
+                    scg.value("v", V[run, s, torch.where(first, O, w)])
+                    term = scg.message("term", dist.Bernoulli(logits=th["beta"][run, s, w]),
+                                       coagent="termination", execute=first.logical_not(),
+                                       init=1.0).bool()
+                    w = scg.message("option", dist.Categorical(logits=th["over"][run, s]),
+                                    coagent="policy_over_options", execute=term, init=w)
+                    a = scg.message("action", dist.Categorical(logits=th["intra"][run, s, w]),
+                                    coagent="intra_option")
+                    s = scg.env("s", dist.Categorical(probs=P[s, a]))
+                    arrived = s == goal
+                    scg.reward("r", arrived.to(dtype))
+            return s, w, arrived
+        return option_critic_step
+
+    def expected_steps(self, goal, run=0, greedy=False):
+        """Exact expected steps of run ``run``'s option policy to ``goal``, start uniform over
+        the other cells (no cap): a linear solve over (cell, held option), no sampling.
+
+        E[s, w] = 1 + sum_w' p(w' | s, w) sum_a pi(a | s, w') sum_s' P[s, a, s'] E[s', w'],
+        p(w' | s, w) = (1 - beta(s, w)) [w' = w] + beta(s, w) mu(w' | s), E[goal, .] = 0; the
+        episode starts by drawing w' ~ mu(. | s). ``greedy``: each unit's most likely output
+        instead of its distribution (the policy's mode). ``inf`` where the goal is not reached
+        with probability 1."""
+        goal = self.world.state(goal)
+        th = {k: v[run].detach().double() for k, v in self.units.items()}
+        if greedy:
+            beta = (th["beta"] > 0).double()
+            mu = torch.nn.functional.one_hot(th["over"].argmax(-1), self.options).double()
+            pi = torch.nn.functional.one_hot(th["intra"].argmax(-1), 4).double()
+        else:
+            beta, mu = torch.sigmoid(th["beta"]), th["over"].softmax(-1)
+            pi = th["intra"].softmax(-1)
+        S, O = self.world.S, self.options
+        P = self.world.P.double()
+        step = torch.einsum("swa,sat->swt", pi, P)                 # [S, O', S']
+        keep = 1.0 - beta                                          # [S, O]
+        switch = torch.einsum("sw,sv->swv", beta, mu) + torch.diag_embed(keep)   # [S, O, O']
+        M = torch.einsum("swv,svt->swtv", switch, step)            # (s, w) -> (s', w')
+        M[:, :, goal, :] = 0.0
+        A = torch.eye(S * O, dtype=torch.double) - M.reshape(S * O, S * O)
+        try:
+            E = torch.linalg.solve(A, torch.ones(S * O, dtype=torch.double)).reshape(S, O)
+        except RuntimeError:
+            return float("inf")
+        E[goal] = 0.0
+        first = 1.0 + torch.einsum("sv,svt,tv->s", mu, step, E)
+        first[goal] = 0.0
+        value = float(first.sum() / (S - 1))
+        return value if value >= 0 and torch.isfinite(E).all() else float("inf")
+
     def termination_map(self, run=0):
         """beta(s, w) of run ``run`` as ``[options, H, W]`` grids (NaN on walls)."""
         beta = torch.sigmoid(self.units["beta"][run].detach().double())   # [S, O]

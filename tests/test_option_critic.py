@@ -207,3 +207,87 @@ def test_example_smoke(tmp_path):
     for name in ("option_critic_learning.png", "option_critic_termination.png"):
         assert (tmp_path / "img" / name).exists()
     assert (tmp_path / "option_critic.json").exists()
+
+
+# ---- online learning ---------------------------------------------------------------------------
+def test_online_step_network_is_the_episodic_network_one_step_at_a_time():
+    """The same trajectory through ``episodes()`` (one window) and through ``online()`` (one
+    window per step, ``finish`` at the end): with lambda = 1 and V = 0 the TD updates of the
+    three units are equal (up to the factor gamma of the reward's step), so the online network is the episodic one (whose estimator
+    ``scg.check`` matches exact enumeration) cut into steps."""
+    oc = OptionCritic(FourRooms("wwwww\nw   w\nwwwww", goal=2, horizon=4), 2, 1,
+                      torch.float64)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in oc.units.values():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    units = list(oc.units.values())
+    s0, goal, run = torch.tensor([0]), torch.tensor([2]), torch.tensor([0])
+    whole = scg.compile(oc.episodes(), estimator="td", gamma=0.9, lam=1.0)
+    torch.manual_seed(3)
+    out = whole(s0, goal, run, 4)
+    values = {s.name: s.value for s in out.sites}
+    assert "s@1" in values
+    u1 = torch.autograd.grad(out.loss + whole.finish().loss, units)
+
+    step = oc.online()
+    with torch.no_grad():
+        oc.critic.zero_()
+    est = scg.compile(step, estimator="td", gamma=0.9, lam=1.0)
+    s, w, first, total = s0, torch.tensor([0]), torch.tensor([True]), 0.0
+    for t in range(4):
+        if f"s@{t + 1}" not in values:
+            break
+        fix = {"option@0": values[f"option@{t}"], "action@0": values[f"action@{t}"],
+               "s@0": values[f"s@{t + 1}"],
+               "term@0": values.get(f"term@{t}", torch.tensor([1.0], dtype=torch.float64))}
+        o = est.run((s, w, first, goal, run), {}, scg.trace.Fix(fix))
+        total = total + o.loss
+        s, w, arrived = o.value
+        first = torch.tensor([False])
+        if arrived.all():
+            break
+    u2 = torch.autograd.grad(total + est.finish().loss, units, allow_unused=True)
+    # the episodic network emits a move's reward at the next step (its env site opens the
+    # step), the online one in the step of the move: one factor gamma between the objectives
+    assert any(a.abs().max() > 1e-3 for a in u1)
+    for a, b in zip(u1, u2):
+        assert torch.allclose(a, 0.9 * b, atol=1e-12)
+
+
+def test_expected_steps_solves_the_option_policys_bellman_equation():
+    """The linear solve against plain policy evaluation by iteration on a 3x3 room, random
+    tables; and the optimal flat policy reaches the value-iteration optimum."""
+    world = FourRooms("wwwww\nw   w\nw   w\nw   w\nwwwww", goal=8)
+    oc = OptionCritic(world, 3, 1, torch.float64)
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p in oc.units.values():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    beta = torch.sigmoid(oc.units["beta"][0]).detach()
+    mu = oc.units["over"][0].softmax(-1).detach()
+    pi = oc.units["intra"][0].softmax(-1).detach()
+    P = world.P.double()
+    E = torch.zeros(world.S, 3, dtype=torch.double)
+    for _ in range(100000):                  # E <- 1 + expected E after one step, per (s, w)
+        new = torch.ones_like(E)
+        for w in range(3):
+            for v in range(3):
+                pv = (1 - beta[:, w]) * float(v == w) + beta[:, w] * mu[:, v]
+                new[:, w] += pv * ((pi[:, v, :, None] * P).sum((1,)) @ E[:, v])
+        new[world.goal] = 0.0
+        if (new - E).abs().max() < 1e-13:
+            break
+        E = new
+    start = [1 + sum(mu[s, v] * (pi[s, v] @ (P[s] @ E[:, v])) for v in range(3))
+             for s in range(world.S) if s != world.goal]
+    assert oc.expected_steps(world.goal) == pytest.approx(float(sum(start) / len(start)),
+                                                          rel=1e-8)
+    V = expected_steps(world.P, world.goal)
+    best = (world.P.double() @ V).argmin(-1)
+    flat = OptionCritic(world, 1, 1, torch.float64)
+    with torch.no_grad():
+        flat.units["intra"][0, :, 0] = 40.0 * torch.nn.functional.one_hot(best, 4)
+    assert flat.expected_steps(world.goal, greedy=True) == pytest.approx(world.optimum(),
+                                                                          rel=1e-9)
+    assert flat.expected_steps(world.goal) == pytest.approx(world.optimum(), rel=1e-6)
