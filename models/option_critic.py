@@ -21,6 +21,11 @@ for the policy over options.
 The episode loop stops early once every episode of the batch has finished, but only at a few
 fixed step counts (:data:`STOPS`), so that a handful of structures is analysed once each
 and then cached.
+
+:meth:`OptionCritic.online` is the same network one step at a time, with a critic V(s_t, w_{t-1})
+as the step's ``scg.value`` site, for Bacon et al.'s online setting (``estimator="td"``, one
+update per step; each run's episode restarts on its own via ``est.finish(done=...)``).
+:meth:`OptionCritic.expected_steps` evaluates a learned option policy exactly.
 """
 
 import pyro.distributions as dist
@@ -100,7 +105,7 @@ class OptionCritic:
             return steps
         return option_critic
 
-    def online(self):
+    def online(self, by_option=True):
         """The one-step network ``step(s, w, first, goal, run)`` for online learning
         (``estimator="td"``, Bacon et al.'s setting): one step of every run's current episode,
         returning ``(s', w, arrived)``.
@@ -109,7 +114,9 @@ class OptionCritic:
         bool: the episode starts here (the termination unit does not run; its output is 1, so
         the policy over options draws). The critic V(s_t, w_{t-1}) (:attr:`critic`, one table
         per run, column ``options`` for "no option yet") is the step's ``scg.value`` site: the
-        state of the network is the cell *and* the option it holds. The driver calls
+        state of the network is the cell *and* the option it holds; ``by_option=False`` reads
+        V(s_t) only (column 0: one value per cell, learned from every option's visits). The
+        driver calls
         ``est.finish(done=arrived)`` and restarts those runs' episodes."""
         th, world, O = self.units, self.world, self.options
         dtype = th["beta"].dtype
@@ -123,7 +130,8 @@ class OptionCritic:
             self.check_inputs(s, goal, run)
             with scg.episodes(s.shape[0]):
                 for _ in scg.steps(1):
-                    scg.value("v", V[run, s, torch.where(first, O, w)])
+                    col = torch.where(first, O, w) if by_option else torch.zeros_like(w)
+                    scg.value("v", V[run, s, col])
                     term = scg.message("term", dist.Bernoulli(logits=th["beta"][run, s, w]),
                                        coagent="termination", execute=first.logical_not(),
                                        init=1.0).bool()
