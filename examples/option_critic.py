@@ -39,17 +39,17 @@ ROOT = Path(__file__).resolve().parents[1]
 class Args:
     seed: int = 0
     """seed of torch and pyro (starts, moved goals)"""
-    runs: int = 4
+    runs: int = 8
     """independent runs, stepped together"""
     options: int = 4
     """number of options"""
     episodes: int = 1000
     """episodes per run before the goal moves (and as many after)"""
-    lr: float = 0.01
+    lr: float = 0.03
     """Adam step size of the three units (one update per step)"""
-    critic_lr: float = 0.1
+    critic_lr: float = 0.3
     """SGD step size of each run's critic"""
-    lam: float = 0.9
+    lam: float = 0.8
     """eligibility-trace decay lambda"""
     critic_init: float = 1.0
     """initial V (1 = the largest possible value: optimistic, so untried moves look good)"""
