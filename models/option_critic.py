@@ -118,11 +118,11 @@ class OptionCritic:
         V(s_t) only (column 0: one value per cell, learned from every option's visits). The
         driver calls
         ``est.finish(done=arrived)`` and restarts those runs' episodes."""
-        th, world, O = self.units, self.world, self.options
+        th, world, n = self.units, self.world, self.options
         dtype = th["beta"].dtype
         P = world.P.to(dtype)
         if not hasattr(self, "critic"):
-            self.critic = torch.nn.Parameter(torch.zeros(self.runs, world.S, O + 1, dtype=dtype))
+            self.critic = torch.nn.Parameter(torch.zeros(self.runs, world.S, n + 1, dtype=dtype))
         V = self.critic
 
         @scg.network
@@ -130,7 +130,7 @@ class OptionCritic:
             self.check_inputs(s, goal, run)
             with scg.episodes(s.shape[0]):
                 for _ in scg.steps(1):
-                    col = torch.where(first, O, w) if by_option else torch.zeros_like(w)
+                    col = torch.where(first, n, w) if by_option else torch.zeros_like(w)
                     scg.value("v", V[run, s, col])
                     term = scg.message("term", dist.Bernoulli(logits=th["beta"][run, s, w]),
                                        coagent="termination", execute=first.logical_not(),
@@ -163,7 +163,7 @@ class OptionCritic:
         else:
             beta, mu = torch.sigmoid(th["beta"]), th["over"].softmax(-1)
             pi = th["intra"].softmax(-1)
-        S, O = self.world.S, self.options
+        S, O = self.world.S, self.options  # noqa: E741 (the paper's letters)
         P = self.world.P.double()
         step = torch.einsum("swa,sat->swt", pi, P)                 # [S, O', S']
         keep = 1.0 - beta                                          # [S, O]

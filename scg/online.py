@@ -14,10 +14,11 @@ through the estimator. Per step t (the backward view; Sutton & Barto 2018, secti
 Carlo estimator, whose expected update is the exact gradient). ``delta_t`` needs V(s_{t+1}), so
 the last step of a window is settled at the start of the next; :meth:`TD.finish` settles it
 with V = 0 (episode end) and resets traces and the time origin, of every episode or only of
-those that ended (``done``: a batch of environments that restart independently). The *time origin* is the first
-step after the last ``finish`` (or the first call): ``I_t = gamma^t`` counts from there, which is
-the true gradient of the discounted objective of an episode. ``discount_score=False`` drops
-``I_t`` (the common convention for continuing streams; biased for the discounted objective).
+those that ended (``done``: a batch of environments that restart independently). The *time
+origin* is the first step after the last ``finish`` (or the first call): ``I_t = gamma^t``
+counts from there, which is the true gradient of the discounted objective of an episode.
+``discount_score=False`` drops ``I_t`` (the common convention for continuing streams; biased
+for the discounted objective).
 ``objective="average"`` is the continuing average-reward variant: ``delta_t = r_t - rho +
 V(s_{t+1}) - V(s_t)`` with ``rho`` a running average (rate ``avg_rate``); it needs gamma = 1.
 

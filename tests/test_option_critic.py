@@ -213,8 +213,9 @@ def test_example_smoke(tmp_path):
 def test_online_step_network_is_the_episodic_network_one_step_at_a_time():
     """The same trajectory through ``episodes()`` (one window) and through ``online()`` (one
     window per step, ``finish`` at the end): with lambda = 1 and V = 0 the TD updates of the
-    three units are equal (up to the factor gamma of the reward's step), so the online network is the episodic one (whose estimator
-    ``scg.check`` matches exact enumeration) cut into steps."""
+    three units are equal (up to the factor gamma of the reward's step), so the online network
+    is the episodic one (whose estimator ``scg.check`` matches exact enumeration) cut into
+    steps."""
     oc = OptionCritic(FourRooms("wwwww\nw   w\nwwwww", goal=2, horizon=4), 2, 1,
                       torch.float64)
     gen = torch.Generator().manual_seed(1)
