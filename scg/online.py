@@ -56,8 +56,8 @@ class TD:
 
     def reset(self):
         """Forget traces, the pending step and the time origin of every episode."""
-        self.z = None        # actor traces: one [N, *p.shape] per parameter
-        self.zw = None       # critic traces
+        self.z = None        # actor traces: {id(p): [N, *p.shape]}
+        self.zw = None       # critic traces, the same
         self.pending = None  # (r [N], v [N], open [N] bool) of the last step, awaiting V(s_{t+1})
         self.t0 = None       # [N] steps since each episode's time origin
 
@@ -116,10 +116,9 @@ class TD:
             r, v, open_ = self.pending
             self._settle(u, actor, critic, torch.zeros_like(v), open_ & done)
             self.pending = (r, v, open_ & ~done)
-        keep = (~done).to(like_dtype(actor + critic))
-        for zs in (self.z or [], self.zw or []):
-            for i, z in enumerate(zs):
-                zs[i] = z * keep.reshape((-1,) + (1,) * (z.dim() - 1))
+        for zs in (self.z or {}, self.zw or {}):
+            for k, z in zs.items():
+                zs[k] = z * (~done).to(z.dtype).reshape((-1,) + (1,) * (z.dim() - 1))
         self.t0 = torch.where(done, torch.zeros_like(self.t0), self.t0)
         return u
 
@@ -138,25 +137,23 @@ class TD:
             delta = delta - self.rho * which.to(delta.dtype)
             self.rho += self.rate * (delta.sum() / which.sum()).item()
         N = delta.shape[0]
-        for p, z in list(zip(actor, self.z)) + list(zip(critic, self.zw)):
-            u[id(p)] += torch.tensordot(delta.to(z.dtype), z, dims=1) / N
+        for p in actor + critic:
+            z = self.z.get(id(p), self.zw.get(id(p)))
+            if z is not None:
+                u[id(p)] += torch.tensordot(delta.to(z.dtype), z, dims=1) / N
         self.pending = None
 
     def _accumulate(self, at, actor, critic, v, I_t, N, like):
         lp = sum((_score(s, N) for s in at if _scored(s)), like.new_zeros(N))
         decay = self.gamma * self.lam
         if self.z is None:
-            self.z = [p.new_zeros((N,) + p.shape) for p in actor]
-            self.zw = [p.new_zeros((N,) + p.shape) for p in critic]
-        ga = _per_episode_grads(lp, actor)
-        gw = _per_episode_grads(v, critic)
-        shape = lambda g: I_t.reshape((-1,) + (1,) * (g.dim() - 1))   # noqa: E731
-        self.z = [decay * z + shape(g) * g for z, g in zip(self.z, ga)]
-        self.zw = [decay * z + g for z, g in zip(self.zw, gw)]
-
-
-def like_dtype(params):
-    return params[0].dtype if params else torch.get_default_dtype()
+            self.z, self.zw = {}, {}
+        # keyed by parameter: one that first appears in a later window starts from zero
+        for traces, params, y, w in ((self.z, actor, lp, I_t), (self.zw, critic, v, None)):
+            for p, g in zip(params, _per_episode_grads(y, params)):
+                z = traces.get(id(p))
+                g = g if w is None else w.to(g.dtype).reshape((-1,) + (1,) * (g.dim() - 1)) * g
+                traces[id(p)] = g if z is None else decay * z + g
 
 
 def _per_episode_grads(y, params):

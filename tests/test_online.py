@@ -236,3 +236,51 @@ def test_finish_done_must_name_episodes():
         est.finish(done=torch.tensor([True]))
     with pytest.raises(scg.ScgError, match="bool tensor"):
         est.finish(done=[True, False])
+
+
+@pytest.mark.parametrize("lam", [0.5, 1.0])
+def test_a_parameter_first_used_in_a_later_window(lam):
+    """A coagent that first acts at step 1 (its parameter is discovered in the second window):
+    windows of one step still equal one window (traces are kept per parameter)."""
+    theta = torch.nn.Parameter(torch.tensor([0.3, -0.8]))
+    phi = torch.nn.Parameter(torch.tensor([0.5, 1.2]))
+    V = torch.nn.Parameter(torch.tensor([0.2, -0.4]))
+
+    def body(s, t):
+        scg.value("v", V[s])
+        if t >= 1:
+            b = scg.message("b", dist.Bernoulli(logits=phi[s]), coagent="late").long()
+            scg.reward("rb", 0.7 * b.float() - 0.2)
+        a = scg.message("a", dist.Bernoulli(logits=theta[s]), coagent="early").long()
+        scg.reward("r", torch.where(a == s, 1.0, -0.5))
+        return a
+
+    @scg.network
+    def episode(s0):
+        with scg.episodes(s0.shape[0]):
+            s = s0
+            for t in scg.steps(3):
+                s = body(s, t)
+        return s
+
+    @scg.network
+    def one_step(s, t):
+        with scg.episodes(s.shape[0]):
+            for _ in scg.steps(1):
+                s = body(s, t)
+        return s
+
+    s0 = torch.tensor([0, 1])
+    whole = scg.compile(episode, estimator="td", lam=lam, gamma=GAMMA)
+    out = whole(s0)
+    values = {s.name: s.value for s in out.sites if s.role == "message"}
+    u1 = -flat(out.loss + whole.finish().loss, [theta, phi, V])
+    split = scg.compile(one_step, estimator="td", lam=lam, gamma=GAMMA)
+    s, total = s0, 0.0
+    for t in range(3):
+        fix = {"a@0": values[f"a@{t}"]} | ({"b@0": values[f"b@{t}"]} if t else {})
+        o = split.run((s, t), {}, scg.trace.Fix(fix))
+        s, total = o.value, total + o.loss
+    u2 = -flat(total + split.finish().loss, [theta, phi, V])
+    assert u1[2:4].abs().max() > 0
+    assert torch.allclose(u1, u2, atol=1e-6)
