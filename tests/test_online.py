@@ -25,6 +25,11 @@ def chain(T=2):
         scg.reward("r", R[t, s, a])
         return a
 
+    return (*windows(body, T), theta, V, R)
+
+
+def windows(body, T):
+    """The episode of ``T`` steps of ``body(s, t)`` as one network, and one step of it."""
     @scg.network
     def episode(s0):
         with scg.episodes(s0.shape[0]):
@@ -40,7 +45,7 @@ def chain(T=2):
                 s = body(s, t)
         return s
 
-    return episode, one_step, theta, V, R
+    return episode, one_step
 
 
 def flat(u_params, params):
@@ -255,21 +260,7 @@ def test_a_parameter_first_used_in_a_later_window(lam):
         scg.reward("r", torch.where(a == s, 1.0, -0.5))
         return a
 
-    @scg.network
-    def episode(s0):
-        with scg.episodes(s0.shape[0]):
-            s = s0
-            for t in scg.steps(3):
-                s = body(s, t)
-        return s
-
-    @scg.network
-    def one_step(s, t):
-        with scg.episodes(s.shape[0]):
-            for _ in scg.steps(1):
-                s = body(s, t)
-        return s
-
+    episode, one_step = windows(body, 3)
     s0 = torch.tensor([0, 1])
     whole = scg.compile(episode, estimator="td", lam=lam, gamma=GAMMA)
     out = whole(s0)
