@@ -117,7 +117,7 @@ class Estimator(torch.nn.Module):
             return self.last_plan.graph
         if not args and not kwargs and not _takes_no_arguments(self.model):
             raise ScgError("no structure analysed yet: call est.graph(*args)")
-        sites, _ = run(self.model, args, kwargs)
+        sites, _ = self.trace(args, kwargs)
         return self.plan_for(sites, args, kwargs).graph
 
     def rolled_graph(self, *args, **kwargs):
@@ -215,7 +215,7 @@ class Estimator(torch.nn.Module):
 
     # ---- emission ------------------------------------------------------------------------
     def run(self, args, kwargs, *handlers, update=True):
-        sites, value = run(self.model, args, kwargs, *handlers)
+        sites, value = self.trace(args, kwargs, *handlers)
         plan = self.plan_for(sites, args, kwargs)
         if self.td is not None:
             u, ret = self.td.window(sites, *self._td_params())
@@ -224,6 +224,27 @@ class Estimator(torch.nn.Module):
             out = self.emit(sites, plan, update=update)
         out.value, out.sites = value, sites
         return out
+
+    def trace(self, args, kwargs, *handlers):
+        """Run the model once, recording its sites: ``(sites, return value)``."""
+        try:
+            return run(self.model, args, kwargs, *handlers)
+        except ValueError as e:
+            if "Expected parameter" not in str(e):   # torch.distributions' validation
+                raise
+            raise ScgError(self._invalid_parameters(e)) from None
+
+    def _invalid_parameters(self, e):
+        """The message for a distribution built from invalid numbers (NaN, inf) in the model:
+        which coagents' parameters are no longer finite (a diverged update, usually)."""
+        bad = sorted(c for c, ps in self.params.items()
+                     if any(not torch.isfinite(p).all() for p in ps.values()))
+        first = str(e).splitlines()[0]
+        where = (f"coagents with non-finite parameters: {bad} (training diverged: lower the "
+                 "step size, or check the updates)") if bad else \
+            "no coagent's parameters are non-finite: check the model's inputs"
+        return (f"{getattr(self.model, '__name__', 'the model')}: a distribution got invalid "
+                f"parameters ({first}); {where}")
 
     # ---- online (estimator="td") -----------------------------------------------------------
     def finish(self, done=None):

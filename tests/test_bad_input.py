@@ -271,3 +271,24 @@ def test_torch_distribution_instead_of_pyro():
     with pytest.raises(scg.ScgError, match="message 'm': torch.distributions.bernoulli.Bernoulli "
                                            "is not a Pyro distribution"):
         scg.compile(model)(torch.zeros(2))
+
+
+def test_invalid_distribution_parameters_name_the_cause():
+    """A distribution built from NaN: torch's validation error becomes one that says whether
+    a coagent's parameters diverged (named) or the model's inputs are at fault."""
+    theta = torch.nn.Parameter(torch.tensor([0.5, -0.5]))
+
+    @scg.network
+    def model(x):
+        with scg.episodes(2):
+            m = scg.message("m", dist.Bernoulli(logits=theta * x), coagent="pi")
+            scg.reward("r", m)
+    est = scg.compile(model)
+    est(torch.ones(2))
+    with pytest.raises(scg.ScgError, match=r"model: a distribution got invalid parameters "
+                                           r".*check the model's inputs"):
+        est(torch.tensor([1.0, float("nan")]))
+    with torch.no_grad():
+        theta[1] = float("inf") - float("inf")
+    with pytest.raises(scg.ScgError, match=r"non-finite parameters: \['pi'\]"):
+        est(torch.ones(2))

@@ -292,3 +292,16 @@ def test_expected_steps_solves_the_option_policys_bellman_equation():
     assert flat.expected_steps(world.goal, greedy=True) == pytest.approx(world.optimum(),
                                                                           rel=1e-9)
     assert flat.expected_steps(world.goal) == pytest.approx(world.optimum(), rel=1e-6)
+
+
+def test_diverged_parameters_name_the_coagent():
+    """NaN logits (a diverged update) give an error naming the coagent, not torch's."""
+    oc = OptionCritic(options=2)
+    est = scg.compile(oc.online(), estimator="td", gamma=0.99)
+    args = (torch.tensor([0, 1]), torch.tensor([0, 0]), torch.tensor([True, True]),
+            torch.tensor([62, 62]), torch.tensor([0, 0]))
+    est(*args)
+    with torch.no_grad():
+        oc.units["over"][0, 3] = float("nan")
+    with pytest.raises(scg.ScgError, match=r"non-finite parameters: \['policy_over_options'\]"):
+        est(torch.tensor([3, 1]), *args[1:])
