@@ -54,6 +54,8 @@ class OptionCritic:
             "over": torch.nn.Parameter(torch.zeros(runs, S, options, dtype=dtype)),
             "intra": torch.nn.Parameter(torch.zeros(runs, S, options, 4, dtype=dtype)),
         })
+        # V(s, w_prev) of the online network (column ``options``: no option yet)
+        self.critic = torch.nn.Parameter(torch.zeros(runs, S, options + 1, dtype=dtype))
 
     def check_inputs(self, s0, goal, run):
         """``s0``, ``goal``, ``run``: LongTensors [N] of start states, goals and run indices."""
@@ -121,8 +123,6 @@ class OptionCritic:
         th, world, n = self.units, self.world, self.options
         dtype = th["beta"].dtype
         P = world.P.to(dtype)
-        if not hasattr(self, "critic"):
-            self.critic = torch.nn.Parameter(torch.zeros(self.runs, world.S, n + 1, dtype=dtype))
         V = self.critic
 
         @scg.network

@@ -95,13 +95,12 @@ class TD:
         """Settle the last step of the episodes in ``done`` (a bool [N]; all by default) with
         V(s_T) = 0 and reset their traces and time origins: the update it adds. The other
         episodes keep their pending step, to be settled by the next window."""
-        u = {id(p): torch.zeros_like(p) for p in actor + critic}
-        if done is None:
-            if self.pending is not None:
-                self._settle(u, actor, critic, torch.zeros_like(self.pending[1]),
-                             self.pending[2])
+        if done is None:                      # every episode ends: forget everything
+            u = (self.finish(actor, critic, torch.ones_like(self.t0, dtype=torch.bool))
+                 if self.t0 is not None else {id(p): torch.zeros_like(p) for p in actor + critic})
             self.reset()
             return u
+        u = {id(p): torch.zeros_like(p) for p in actor + critic}
         N = None if self.t0 is None else self.t0.shape[0]
         if not isinstance(done, torch.Tensor) or done.dtype != torch.bool or done.dim() != 1 \
                 or (N is not None and done.shape[0] != N):
@@ -118,7 +117,7 @@ class TD:
             self.pending = (r, v, open_ & ~done)
         for zs in (self.z or {}, self.zw or {}):
             for k, z in zs.items():
-                zs[k] = z * (~done).to(z.dtype).reshape((-1,) + (1,) * (z.dim() - 1))
+                zs[k] = _rows(~done, z) * z
         self.t0 = torch.where(done, torch.zeros_like(self.t0), self.t0)
         return u
 
@@ -152,8 +151,13 @@ class TD:
         for traces, params, y, w in ((self.z, actor, lp, I_t), (self.zw, critic, v, None)):
             for p, g in zip(params, _per_episode_grads(y, params)):
                 z = traces.get(id(p))
-                g = g if w is None else w.to(g.dtype).reshape((-1,) + (1,) * (g.dim() - 1)) * g
+                g = g if w is None else _rows(w, g) * g
                 traces[id(p)] = g if z is None else decay * z + g
+
+
+def _rows(x, like):
+    """A per-episode ``[N]`` tensor shaped to scale the rows of ``like`` ``[N, ...]``."""
+    return x.to(like.dtype).reshape((-1,) + (1,) * (like.dim() - 1))
 
 
 def _per_episode_grads(y, params):
