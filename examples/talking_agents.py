@@ -203,8 +203,9 @@ def page(rows, args, seconds):
         "annealed linearly to 0 at 70% of training, so the agents keep exploring until a code",
         "forms (without it, one seed of each mode settled on a code that merges two states).",
         f"Adam, lr {args.lr}; online, the step size falls linearly to 0 over the last "
-        f"{100 * args.online_decay:.0f}% of the steps (with a constant one the online runs "
-        "ended 1.9% (markov) and 2.3% (split) from the bound, jittering around the code).",
+        f"{100 * args.online_decay:.0f}% of the steps (with a constant one, `--online-decay 0`, "
+        "the online runs measured 1.9% (markov) and 2.3% (split) from the bound, jittering "
+        "around the code).",
         f"Reward measured after training on {args.eval_episodes}",
         f"fresh episodes of {args.T} steps, with the agents' stochastic policies.",
         "",
