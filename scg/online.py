@@ -61,6 +61,36 @@ class TD:
         self.pending = None  # (r [N], v [N], open [N] bool) of the last step, awaiting V(s_{t+1})
         self.t0 = None       # [N] steps since each episode's time origin
 
+    def state(self, named):
+        """Everything between windows, for a checkpoint: traces by parameter *name*
+        (``named``: name -> parameter; ids do not survive a process), the pending step, the
+        time origins and rho."""
+        names = {id(p): n for n, p in named.items()}
+        traces = {}
+        for key in ("z", "zw"):
+            zs = getattr(self, key)
+            missing = [k for k in (zs or {}) if k not in names]
+            if missing:
+                raise ScgError(f"{len(missing)} parameter(s) with eligibility traces are not "
+                               "among the named parameters (pass every module the model "
+                               "uses, its critic's included, as modules=)")
+            traces[key] = None if zs is None else {names[k]: z for k, z in zs.items()}
+        return {**traces, "pending": self.pending, "t0": self.t0, "rho": self.rho}
+
+    def load_state(self, state, named):
+        """Restore :meth:`state`, matching traces to parameters by name."""
+        for key in ("z", "zw"):
+            saved = state[key]
+            if saved is not None:
+                bad = sorted(n for n, z in saved.items()
+                             if n not in named or z.shape[1:] != named[n].shape)
+                if bad:
+                    raise ScgError(f"saved eligibility traces {bad} match no parameter of this "
+                                   f"model (names and shapes: {sorted(named)})")
+                saved = {id(named[n]): z.to(named[n].device) for n, z in saved.items()}
+            setattr(self, key, saved)
+        self.pending, self.t0, self.rho = state["pending"], state["t0"], float(state["rho"])
+
     # ---- one window -------------------------------------------------------------------
     def window(self, sites, actor, critic):
         """The update u (per parameter) of one recorded window, and its discounted return."""

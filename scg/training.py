@@ -1,15 +1,19 @@
 """Training a compiled network: the loop researchers otherwise rewrite for every experiment.
 
-``scg.Trainer(model, inputs, ...)`` runs updates of the Monte Carlo estimator with either one
-optimiser over every parameter (``per_coagent=False``: step on the total loss) or one optimiser
-per coagent, each stepping on the gradient of *its own local loss* (coagent policy gradient
-theorem: for parameters a coagent owns alone this is the global gradient; a parameter shared by
-several coagents is stepped by a ``shared`` optimiser on the sum of their local gradients).
+``scg.Trainer(model, inputs, ...)`` runs updates of the Monte Carlo estimator, or windows of the
+online actor-critic (``estimator="td"``, one update per window, episodes ended by ``done``),
+with either one optimiser over every parameter (``per_coagent=False``: step on the total
+loss) or one optimiser per coagent, each stepping on the gradient of *its own local loss*
+(coagent policy gradient theorem: for parameters a coagent owns alone this is the global
+gradient; a parameter shared by several coagents is stepped by a ``shared`` optimiser on the
+sum of their local gradients; the online critic by a ``critic`` one).
 
 Around the loop: step-size schedules (Robbins–Monro, cosine, any ``step -> factor``), seeding,
 a progress bar (tqdm), metrics to CSV and TensorBoard, a learning-curve plot (matplotlib), and
 checkpoints written atomically that resume *exactly*: parameters, optimiser and schedule state,
-baselines and critics, the metrics so far, and the random state of torch, Python and numpy.
+baselines and critics, online eligibility traces, the state of an ``inputs`` object that has a
+``state_dict`` (an environment driver), the metrics so far, and the random state of torch,
+Python and numpy.
 """
 
 import csv
@@ -63,7 +67,9 @@ def schedule(spec, total):
     return SCHEDULES[spec](total)
 
 
-def _optimizer(spec, params, lr):
+def _optimizer(spec, params, lr, group="all"):
+    if isinstance(spec, dict):
+        spec = spec.get(group, spec.get("default", "adam"))
     if callable(spec) and not isinstance(spec, str):
         return spec(params, lr)
     if str(spec).lower() not in OPTIMIZERS:
@@ -77,13 +83,23 @@ class Trainer:
     """Train ``model`` (an ``@scg.network`` or a compiled :class:`scg.Estimator`) on
     ``inputs``: a callable ``step -> args`` (a tuple, or one tensor) or fixed args.
 
+    Online (``estimator="td"``): each update is one *window* (a call of the network, one or
+    more of its steps); ``done(out)`` returns the bool ``[N]`` of episodes that ended in it
+    (``est.finish(done=...)`` settles them; None: none ended), and ``inputs(step)`` then gives
+    the next window's arguments, the ended episodes restarted. ``inputs`` is typically an
+    environment driver object: ``__call__(step)`` the current arguments (called twice for
+    step 0), an ``advance(out)`` method as ``done``, and ``state_dict``/``load_state_dict``
+    so checkpoints hold its state too. The critic (the parameters of the ``scg.value``
+    sites) is trained too: group ``critic`` with ``per_coagent=True``.
+
     Before the first update, one run on ``inputs(0)`` discovers the parameters (no baseline
     update; its draws are discarded), so ``inputs(0)`` is called twice. ``max_grad_norm``
     clips the norm over all parameters, also with ``per_coagent=True``.
 
     Args:
         optimizer: ``adam``, ``adamw``, ``sgd``, ``rmsprop``, ``adagrad`` or a callable
-            ``(params, lr) -> Optimizer``.
+            ``(params, lr) -> Optimizer``; with ``per_coagent=True`` also a dict group ->
+            one of those (``default`` for groups not named).
         lr: a step size, or (``per_coagent=True``) a dict coagent -> step size; coagents not
             named, and the ``shared`` group, use ``lr["default"]`` (0.01 if absent).
         per_coagent: one optimiser per coagent, stepping on its local loss.
@@ -96,6 +112,7 @@ class Trainer:
         max_grad_norm: clip the global gradient norm (None: no clipping).
         modules: ``nn.Module`` or dict of them holding the model's parameters; checkpoints then
             name parameters by module path instead of by discovery order.
+        done: ``estimator="td"`` only: ``done(out) -> bool [N] or None`` after each window.
         callback: ``callback(trainer, out, row)`` after every update, with the update's
             :class:`scg.Output` (``out.value`` is the network's return value) and its metrics
             row; numbers it adds to ``row`` are logged like the others (CSV, TensorBoard).
@@ -105,7 +122,7 @@ class Trainer:
     def __init__(self, model, inputs, *, optimizer="adam", lr=0.01, per_coagent=False,
                  schedule=None, seed=None, out=None, checkpoint_every=0, progress=True,
                  tensorboard=False, max_grad_norm=None, modules=None, callback=None,
-                 **options):
+                 done=None, **options):
         from .estimator import Estimator, compile
 
         if isinstance(model, Estimator):
@@ -115,10 +132,14 @@ class Trainer:
             self.est = model
         else:
             self.est = compile(model, **options)
-        if self.est.td is not None:
-            raise ScgError("Trainer runs the Monte Carlo estimator; estimator='td' updates "
-                           "window by window and needs est.finish() at episode ends: write "
-                           "that loop with est(...) directly (see docs/asynchrony.md)")
+        if done is not None and (self.est.td is None or not callable(done)):
+            raise ScgError("done= is a callable out -> bool [N] for estimator='td' (episodes "
+                           "that ended in the window); the Monte Carlo estimator runs whole "
+                           "episodes" if self.est.td is None else
+                           f"done= must be a callable out -> bool [N], got {done!r}")
+        if isinstance(optimizer, dict) and not per_coagent:
+            raise ScgError("a dict of optimizers needs per_coagent=True")
+        self.done = done
         if checkpoint_every and out is None:
             raise ScgError("checkpoint_every needs out= (the folder for checkpoint.pt)")
         if tensorboard and out is None:
@@ -145,12 +166,14 @@ class Trainer:
         if self.groups is not None:
             return
         self._total = total
-        self.est.run(self._args(0), {}, update=False)
+        self._discover()
+        critic = self._critic()
         if self.per_coagent:
             shared = set(self.est.shared)
             named = {c: [p for p in self.est.parameters(c) if id(p) not in shared]
                      for c in self.est.params}
             named["shared"] = [p for p in self.est.parameters() if id(p) in shared]
+            named["critic"] = critic
             lrs = self.lr if isinstance(self.lr, dict) else {"default": self.lr}
             unknown = set(lrs) - set(named) - {"default"}
             if unknown:
@@ -160,13 +183,40 @@ class Trainer:
         else:
             if isinstance(self.lr, dict):
                 raise ScgError("a dict of step sizes needs per_coagent=True")
-            named, rates = {"all": list(self.est.parameters())}, {"all": self.lr}
+            named, rates = {"all": list(self.est.parameters()) + critic}, {"all": self.lr}
         self.groups = {}
         for g, ps in named.items():
             if ps:
-                opt = _optimizer(self.optimizer, ps, rates[g])
+                opt = _optimizer(self.optimizer, ps, rates[g], g)
                 sched = torch.optim.lr_scheduler.LambdaLR(opt, self._factor)
                 self.groups[g] = (ps, opt, sched)
+
+    def _discover(self):
+        """One run on ``inputs(0)`` to find the parameters, its draws discarded: no baseline
+        update, and for ``estimator="td"`` no window (the traces stay as they are)."""
+        args = self._args(0)
+        if self.est.td is None:
+            self.est.run(args, {}, update=False)
+        else:
+            sites, _ = self.est.trace(args, {})
+            self.est.plan_for(sites, args, {})
+
+    def _critic(self):
+        """The ``scg.value`` sites' parameters that no coagent owns (the online critic)."""
+        owned = {id(p) for p in self.est.parameters()}
+        return [p for k, p in self.est.value_params.items() if k not in owned]
+
+    def _check_known(self):
+        """A window may reach parameters the set-up run did not (a coagent that acts only
+        later): they would never be stepped, so say so."""
+        known = {id(p) for ps, _, _ in self.groups.values() for p in ps}
+        new = [c for c, ps in self.est.params.items() if any(k not in known for k in ps)]
+        if new or any(k not in known for k in self.est.value_params):
+            what = f"coagents {sorted(new)}" if new else "the critic"
+            raise ScgError(f"update {self.step}: the window reached parameters the set-up run "
+                           f"on inputs(0) did not ({what}); "
+                           "the optimisers are built at set-up: make inputs(0) a window in "
+                           "which every coagent acts and every value site is read")
 
     def _factor(self, step):
         """The schedule's factor at ``step``, over the total of the current ``fit`` (a cosine
@@ -180,6 +230,7 @@ class Trainer:
         """One run, one gradient step on every group; returns the metrics row."""
         t0 = time.perf_counter()
         out = self.est(*self._args(self.step))
+        ended = self._end_episodes(out) if self.est.td is not None else None
         for c, loss in [("total", out.loss)] + sorted(out.local.items()):
             if not torch.isfinite(loss).all():
                 raise ScgError(f"update {self.step}: the local loss of coagent {c!r} is "
@@ -189,7 +240,8 @@ class Trainer:
             opt.zero_grad(set_to_none=True)
         if self.per_coagent:
             for c, loss in out.local.items():
-                ps = list(self.est.parameters(c)) if c in self.est.params else []
+                ps = list(self.est.parameters(c)) if c in self.est.params else \
+                    self._critic() if c == "critic" and self.est.td is not None else []
                 ps = [p for p in ps if p.requires_grad]
                 if ps and loss.requires_grad:
                     torch.autograd.backward(loss, inputs=ps, retain_graph=True)
@@ -207,10 +259,25 @@ class Trainer:
                "loss": float(out.loss.detach())}
         row.update({f"loss/{c}": float(v.detach()) for c, v in sorted(out.local.items())})
         row.update({f"lr/{g}": lr for g, lr in used.items()})  # the step size this update used
+        if ended is not None:
+            row["episodes_ended"] = int(ended.sum())
         row["seconds"] = time.perf_counter() - t0
         if self.callback is not None:
             self.callback(self, out, row)
         return row
+
+    def _end_episodes(self, out):
+        """``estimator="td"``: settle the episodes ``done(out)`` names (``est.finish``) and add
+        that update to ``out``; returns the mask (all False without ``done``)."""
+        self._check_known()
+        ended = self.done(out) if self.done is not None else None
+        if ended is None:
+            return torch.zeros(0, dtype=torch.bool)
+        fin = self.est.finish(done=ended)
+        out.loss = out.loss + fin.loss
+        out.local = {c: out.local.get(c, 0.0) + fin.local.get(c, 0.0)
+                     for c in out.local.keys() | fin.local.keys()}
+        return ended
 
     def fit(self, updates):
         """Train until ``updates`` updates have been done in total (a resumed trainer goes on
@@ -284,6 +351,7 @@ class Trainer:
             mods = self.modules if isinstance(self.modules, dict) else {"model": self.modules}
             return {f"{k}.{n}": p for k, m in mods.items() for n, p in m.named_parameters()}
         ps = {id(p): p for ps in self.est.params.values() for p in ps.values()}
+        ps.update({k: p for k, p in self.est.value_params.items() if k not in ps})
         return {f"p{i}": p for i, p in enumerate(ps.values())}
 
     def state_dict(self):
@@ -293,7 +361,10 @@ class Trainer:
                 "estimator": self.est.state_dict(),
                 "optimizers": {g: opt.state_dict() for g, (_, opt, _) in self.groups.items()},
                 "schedulers": {g: s.state_dict() for g, (_, _, s) in self.groups.items()},
-                "rng": C.rng_state()}
+                "rng": C.rng_state(),
+                "td": self.est.td.state(self._parameters()) if self.est.td else None,
+                "inputs": self.inputs.state_dict() if hasattr(self.inputs, "state_dict")
+                else None}
 
     def load_state_dict(self, state, total=None):
         """Restore a :meth:`state_dict`; ``total``: the updates the run will go to (only
@@ -315,6 +386,13 @@ class Trainer:
         for g, (_, opt, sched) in self.groups.items():
             opt.load_state_dict(state["optimizers"][g])
             sched.load_state_dict(state["schedulers"][g])
+        if self.est.td is not None and state.get("td") is not None:
+            self.est.td.load_state(state["td"], params)
+        if state.get("inputs") is not None:
+            if not hasattr(self.inputs, "load_state_dict"):
+                raise ScgError("the checkpoint holds the state of the inputs object, but these "
+                               "inputs have no load_state_dict")
+            self.inputs.load_state_dict(state["inputs"])
         self.step, self.history = state["step"], list(state["history"])
         C.set_rng_state(state["rng"])
         if self.out is not None and self.history:

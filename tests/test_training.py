@@ -90,8 +90,6 @@ def test_metrics_csv_tensorboard_and_plot(tmp_path):
 
 def test_bad_configurations():
     model, args, opts = fresh("chain")
-    with pytest.raises(ScgError, match="estimator='td'"):
-        scg.Trainer(model, args, estimator="td")
     with pytest.raises(ScgError, match="checkpoint_every needs out="):
         scg.Trainer(model, args, checkpoint_every=5)
     with pytest.raises(ScgError, match="unknown optimizer 'adamax'; valid"):
