@@ -30,7 +30,7 @@ from common import parse
 
 import scg
 from models.four_rooms import GAMMA, FourRooms, expected_steps, hop_after_move
-from models.option_critic import OptionCritic
+from models.option_critic import BETA2, CRITIC_INIT, CRITIC_LR, LAM, LR, Episodes, OptionCritic
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,17 +45,17 @@ class Args:
     """number of options"""
     episodes: int = 1000
     """episodes per run before the goal moves (and as many after)"""
-    lr: float = 0.03
+    lr: float = LR
     """Adam step size of the three units (one update per step)"""
-    beta2: float = 0.99
+    beta2: float = BETA2
     """Adam's second-moment decay (0.99, not torch's 0.999: between two visits of a rarely
     visited cell its gradient scale is forgotten faster, so it takes larger steps)"""
-    critic_lr: float = 0.3
+    critic_lr: float = CRITIC_LR
     """SGD step size of each run's critic"""
-    lam: float = 0.5
+    lam: float = LAM
     """eligibility-trace decay lambda (a short trace leans on the critic: far from the goal the
     returns vary much more than the critic errs)"""
-    critic_init: float = 1.0
+    critic_init: float = CRITIC_INIT
     """initial V (1 = the largest possible value: optimistic, so untried moves look good)"""
     horizon: int = 1000
     """episode cap"""
@@ -74,37 +74,6 @@ def parse_args():
     return args
 
 
-class Runs:
-    """The runs' current episodes: cells, held options, lengths, goals, and finished lengths."""
-
-    def __init__(self, world, runs, episodes, moved, gen):
-        self.world, self.episodes, self.moved, self.gen = world, episodes, moved, gen
-        self.goal = torch.full((runs,), world.goal)
-        self.run = torch.arange(runs)
-        self.s = world.starts(runs, self.goal, gen)
-        self.w = torch.zeros(runs, dtype=torch.long)
-        self.first = torch.ones(runs, dtype=torch.bool)
-        self.length = torch.zeros(runs, dtype=torch.long)
-        self.lengths = [[] for _ in range(runs)]
-
-    def done(self):
-        return min(len(x) for x in self.lengths) >= 2 * self.episodes
-
-    def advance(self, s, w, arrived, horizon):
-        """After a step: returns the episodes that ended (arrived or capped), records their
-        lengths, moves goals of runs that reach ``episodes`` episodes, restarts ended episodes."""
-        self.length += 1
-        ended = arrived | (self.length >= horizon)
-        for r in ended.nonzero().flatten().tolist():
-            self.lengths[r].append(int(self.length[r]))
-            if len(self.lengths[r]) == self.episodes:
-                self.goal[r] = self.moved[r]
-        self.s = torch.where(ended, self.world.starts(len(ended), self.goal, self.gen), s)
-        self.w, self.first = w, ended
-        self.length = torch.where(ended, torch.zeros_like(self.length), self.length)
-        return ended
-
-
 def learn(args, oc, runs):
     """Online actor-critic until every run has finished ``2 * episodes`` episodes; returns the
     exact expected steps and termination maps of each run at its goal move and at its end."""
@@ -118,10 +87,9 @@ def learn(args, oc, runs):
     snap = {"exact_before": {}, "greedy_before": {}, "maps": {}, "exact_after": {},
             "greedy_after": {}}
     steps = 0
-    while not runs.done():
-        out = est(runs.s, runs.w, runs.first, runs.goal, runs.run)
-        s, w, arrived = out.value
-        ended = runs.advance(s, w, arrived, args.horizon)
+    while min(len(x) for x in runs.lengths) < 2 * args.episodes:
+        out = est(*runs())
+        ended = runs.advance(out)
         loss = out.loss + est.finish(done=ended).loss if ended.any() else out.loss
         units.zero_grad()
         critic.zero_grad()
@@ -160,7 +128,7 @@ def experiment(args):
     oc = OptionCritic(world, args.options, args.runs)
     room = world.lower_right()
     moved = room[torch.randint(len(room), (args.runs,), generator=gen)]
-    runs = Runs(world, args.runs, args.episodes, moved, gen)
+    runs = Episodes(world, args.runs, args.episodes, moved, gen)
     snap, steps = learn(args, oc, runs)
     E = args.episodes
     copied = float(expected_steps(hop_after_move(world.next), world.goal).sum() / (world.S - 1))
@@ -298,8 +266,11 @@ def page(args, res, seconds):
         "(`--beta2 0.999`, torch's default, with λ = 0.8 at commit 7ec04f3: 1.22× before and "
         "1.21× after). A critic initialised to 0 (`--critic-init 0`) commits early to the "
         "first moves that reached the goal. The Monte Carlo estimator on batches of whole "
-        "episodes (the zoo entry, `scg train option_critic`; this page at commit 43e2709) "
-        "measured 2.06× before and 2.35× after the move.",
+        "episodes (`OptionCritic.episodes()`; this page at commit 43e2709) measured 2.06× "
+        "before and 2.35× after the move. The zoo entry (`scg train option_critic --updates "
+        "N`) is this online setting for one run, driven by `scg.Trainer` "
+        "(`models.option_critic.Episodes` restarts the episodes; checkpoints resume "
+        "exactly).",
         "",
         "![learning curve](img/option_critic_learning.png)",
         "",

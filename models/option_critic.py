@@ -191,6 +191,55 @@ class OptionCritic:
         return out
 
 
+class Episodes:
+    """The environment driver of the online network: every run's current episode (cell, held
+    option, length), its goal, and the lengths of its finished episodes. ``__call__`` gives
+    the next step's arguments of :meth:`OptionCritic.online`; :meth:`advance` (the
+    ``done`` of ``scg.Trainer``) records the episodes that ended (arrived, or capped at the
+    world's horizon), moves the goal of a run that has just finished ``moved_after``
+    episodes to ``moved[run]``, and restarts the ended episodes in uniformly random cells
+    (drawn with ``generator``)."""
+
+    def __init__(self, world, runs, moved_after, moved, generator=None):
+        self.world, self.moved_after, self.moved = world, moved_after, moved
+        self.gen = generator if generator is not None else torch.Generator()
+        self.goal = torch.full((runs,), world.goal)
+        self.run = torch.arange(runs)
+        self.s = world.starts(runs, self.goal, self.gen)
+        self.w = torch.zeros(runs, dtype=torch.long)
+        self.first = torch.ones(runs, dtype=torch.bool)
+        self.length = torch.zeros(runs, dtype=torch.long)
+        self.lengths = [[] for _ in range(runs)]
+
+    def __call__(self, step=None):
+        return self.s, self.w, self.first, self.goal, self.run
+
+    def advance(self, out):
+        """After a step (``out.value`` = (s', w, arrived)): the bool [runs] of ended episodes."""
+        s, w, arrived = out.value
+        self.length += 1
+        ended = arrived | (self.length >= self.world.horizon)
+        for r in ended.nonzero().flatten().tolist():
+            self.lengths[r].append(int(self.length[r]))
+            if len(self.lengths[r]) == self.moved_after:
+                self.goal[r] = self.moved[r]
+        self.s = torch.where(ended, self.world.starts(len(ended), self.goal, self.gen), s)
+        self.w, self.first = w, ended
+        self.length = torch.where(ended, torch.zeros_like(self.length), self.length)
+        return ended
+
+    def state_dict(self):
+        return {"s": self.s, "w": self.w, "first": self.first, "goal": self.goal,
+                "length": self.length, "lengths": [list(x) for x in self.lengths],
+                "gen": self.gen.get_state()}
+
+    def load_state_dict(self, state):
+        self.s, self.w, self.first = state["s"], state["w"], state["first"]
+        self.goal, self.length = state["goal"], state["length"]
+        self.lengths = [list(x) for x in state["lengths"]]
+        self.gen.set_state(state["gen"])
+
+
 TINY = "wwww\nw  w\nwwww"   # a corridor of 2 cells, for exact enumeration
 
 
@@ -220,29 +269,43 @@ def inputs_for(world, batch, runs, goals, generator=None, shared_start=False):
     return world.starts(runs, goals, generator).repeat_interleave(batch), goal, run
 
 
+LAM, LR, BETA2, CRITIC_LR, CRITIC_INIT = 0.5, 0.03, 0.99, 0.3, 1.0
+"""The online settings of ``examples/option_critic.py`` (and of its results page)."""
+
+
 @scg.zoo.register("option_critic", "Bacon et al.'s option-critic on Four Rooms as three "
-                  "coagents (termination bit drives the policy over options); the goal moves "
-                  "after 1000 episodes")
-def build(batch=10, options=4, moved_after=1000, seed=0):
-    """The zoo entry: ``batch`` episodes per update, all from one uniformly random non-goal
-    cell (``shared_start``: the leave-one-out baseline compares like with like); the goal is the
-    east doorway for the first ``moved_after`` episodes, then a random cell of the lower-right room
-    (drawn with ``seed``). ``scg check`` uses the 2-cell corridor, 2 steps."""
-    oc = OptionCritic(FourRooms(), options)
+                  "coagents (termination bit drives the policy over options), learned online "
+                  "as in Bacon et al.; the goal moves after 1000 episodes")
+def build(runs=1, options=4, moved_after=1000, seed=0, lam=LAM):
+    """The zoo entry: Bacon et al.'s online setting, as in ``examples/option_critic.py``. One
+    update per step of every run's episode (:meth:`OptionCritic.online`, ``estimator="td"``
+    with trace decay ``lam``, no gamma^t on the score); Adam (lr 0.03, beta2 0.99) on the
+    units and SGD (0.3 per run) on the critic, initialised optimistically to 1; each run's
+    goal moves to a random cell of the lower-right room (drawn with ``seed``) after
+    ``moved_after`` episodes. ``scg train option_critic --updates N`` runs N steps
+    (``--episodes`` does not apply: episodes take varying numbers of steps); about 30,000 steps
+    take one run through 2,000 episodes. ``scg check`` uses the 2-cell corridor, 2 steps."""
+    oc = OptionCritic(FourRooms(), options, runs)
+    with torch.no_grad():
+        oc.critic.fill_(CRITIC_INIT)
     gen = torch.Generator().manual_seed(seed)
     room = oc.world.lower_right()
-    moved = room[torch.randint(len(room), (1,), generator=gen)]
-    east = torch.tensor([oc.world.goal])
-
-    def inputs(step):
-        goals = east if step * batch < moved_after else moved
-        return inputs_for(oc.world, batch, 1, goals, shared_start=True)
-
+    moved = room[torch.randint(len(room), (runs,), generator=gen)]
+    episodes = Episodes(oc.world, runs, moved_after, moved, gen)
     small = tiny()
     one = (torch.tensor([0]), torch.tensor([1]), torch.tensor([0]))
-    return scg.zoo.Setup(network=oc.episodes(), inputs=inputs,
-                         example=(torch.tensor([0, 5]), east.repeat(2), torch.zeros(2).long(), 3),
-                         options={"gamma": GAMMA, "baseline": "loo"},
-                         train={"lr": 0.3, "updates": 2 * moved_after // batch},
-                         modules=oc.units, check=(small.episodes(), one, {"gamma": GAMMA}),
-                         episodes_per_update=batch)
+    example = (torch.tensor([0, 5]), torch.tensor([0, 1]), torch.tensor([True, False]),
+               torch.full((2,), oc.world.goal), torch.zeros(2, dtype=torch.long))
+    return scg.zoo.Setup(
+        network=oc.online(), inputs=episodes, example=example,
+        options={"estimator": "td", "gamma": GAMMA, "lam": lam, "discount_score": False},
+        train={"done": episodes.advance, "per_coagent": True, "updates": 30 * moved_after,
+               "optimizer": {"critic": "sgd", "default": adam_beta2(BETA2)},
+               "lr": {"critic": CRITIC_LR * runs, "default": LR}},
+        modules={"units": oc.units, "critic": torch.nn.ParameterDict({"V": oc.critic})},
+        check=(small.episodes(), one, {"gamma": GAMMA}), episodes_per_update=None)
+
+
+def adam_beta2(beta2):
+    """``(params, lr) -> Adam`` with second-moment decay ``beta2`` (for ``scg.Trainer``)."""
+    return lambda params, lr: torch.optim.Adam(params, lr=lr, betas=(0.9, beta2))

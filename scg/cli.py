@@ -120,14 +120,17 @@ def train(args):
             kw[key] = getattr(args, key)
     updates = args.updates if args.updates is not None else s.train.get("updates", 100)
     if args.episodes is not None:
+        if s.episodes_per_update is None:
+            raise ScgError(f"{args.model} learns online (one update per step; episodes take "
+                           "varying numbers of steps): give --updates, not --episodes")
         updates = math.ceil(args.episodes / s.episodes_per_update)
     if updates < 1:
         raise ScgError(f"--updates/--episodes must give at least one update, got {updates}")
     out = args.out or os.path.join("runs", _slug(args.model))
+    per_coagent = args.per_coagent or kw.pop("per_coagent", False)   # a model may need it
     trainer = Trainer(s.network, s.inputs, seed=args.seed, out=out, modules=s.modules,
                       checkpoint_every=args.checkpoint_every, progress=not args.no_progress,
-                      tensorboard=args.tensorboard, per_coagent=args.per_coagent,
-                      **kw, **options)
+                      tensorboard=args.tensorboard, per_coagent=per_coagent, **kw, **options)
     if not args.no_resume and trainer.resume(total=updates):
         print(f"resumed from {trainer.checkpoint_path} at update {trainer.step}")
     history = trainer.fit(updates)

@@ -36,7 +36,8 @@ class Setup:
             options such as ``max_size``) of a version small enough to enumerate, when the
             trained one is not.
         summary: one line for ``scg models``.
-        episodes_per_update: episodes in one update's batch (``scg train --episodes``).
+        episodes_per_update: episodes in one update's batch (``scg train --episodes``); None
+            for a model that learns online (an update is a step, not a batch of episodes).
     """
 
     network: object
@@ -47,7 +48,7 @@ class Setup:
     modules: object = None
     check: tuple = None
     summary: str = ""
-    episodes_per_update: int = 1
+    episodes_per_update: object = 1
 
 
 def register(name, summary):

@@ -9,12 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyro
 import pytest
 import torch
 
 import scg
 from models.four_rooms import (
     FAIL,
+    GAMMA,
     FourRooms,
     expected_steps,
     hop_after_move,
@@ -129,10 +131,59 @@ def test_estimator_matches_exact_enumeration_on_a_tiny_world():
     assert report.ok, str(report)
 
 
+def test_zoo_entry_trains_online_like_the_example():
+    """``scg.Trainer`` on the zoo entry (online, two runs) makes the updates of the example's
+    loop written out by hand: Adam (beta2 0.99) on the units, SGD on the critic, each run's
+    ended episodes settled by ``finish(done)`` and restarted."""
+    setup = scg.zoo.load("option_critic", runs=2, options=2)
+    train = {k: v for k, v in setup.train.items() if k != "updates"}
+    t = scg.Trainer(setup.network, setup.inputs, seed=3, progress=False, **train,
+                    **setup.options)
+    history = t.fit(60)
+    ref = scg.zoo.load("option_critic", runs=2, options=2)
+    est = scg.compile(ref.network, **ref.options)
+    pyro.set_rng_seed(3)
+    est.trace(ref.inputs(0), {})           # the Trainer's set-up run
+    units, critic = ref.modules["units"], ref.modules["critic"]["V"]
+    adam = torch.optim.Adam(units.values(), lr=0.03, betas=(0.9, 0.99))
+    sgd = torch.optim.SGD([critic], lr=0.3 * 2)
+    for _ in range(60):
+        out = est(*ref.inputs(0))
+        loss = out.loss + est.finish(done=ref.inputs.advance(out)).loss
+        adam.zero_grad()
+        sgd.zero_grad()
+        loss.backward()
+        adam.step()
+        sgd.step()
+    trained = setup.modules
+    for k in units:
+        assert torch.allclose(trained["units"][k], units[k], atol=1e-6), k
+    assert torch.allclose(trained["critic"]["V"], critic, atol=1e-6)
+    assert (critic != 1.0).any()           # the critic learned (it starts at 1)
+    assert sum(r["episodes_ended"] for r in history) == sum(map(len, ref.inputs.lengths))
+
+
+def test_zoo_entry_trains_and_resumes_from_the_command_line(capsys, tmp_path):
+    from scg.cli import main
+    out = str(tmp_path / "oc")
+    argv = ["train", "option_critic", "--out", out, "--no-progress"]
+    assert main(argv + ["--updates", "6", "--checkpoint-every", "3"]) == 0
+    assert main(argv + ["--updates", "9"]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    assert main(argv + ["--episodes", "10"]) == 2
+    assert "learns online" in capsys.readouterr().err
+
 def test_derive_reads_like_bacon_et_al():
+    """The episodic network's rules (the zoo entry's one-step network reads the same way)."""
+    oc = OptionCritic()
+    net = oc.episodes()
+    example = (torch.tensor([0, 5]), torch.full((2,), oc.world.goal), torch.zeros(2).long(), 3)
+    d = scg.derive(net, *example, est=scg.compile(net, gamma=GAMMA, baseline="loo"))
     setup = scg.zoo.load("option_critic")
-    d = scg.derive(setup.network, *setup.example,
-                   est=scg.compile(setup.network, **setup.options))
+    online = scg.derive(setup.network, *setup.example,
+                        est=scg.compile(setup.network, **setup.options))
+    assert "Bacon et al.'s termination gradient" in online["termination"].units[0].reading
+    assert "intra-option policy gradient" in online["intra_option"].units[0].reading
     term, = d["termination"].units
     option, = d["policy_over_options"].units
     action, = d["intra_option"].units
