@@ -284,7 +284,8 @@ def build(runs=1, options=4, moved_after=1000, seed=0, lam=LAM):
     goal moves to a random cell of the lower-right room (drawn with ``seed``) after
     ``moved_after`` episodes. ``scg train option_critic --updates N`` runs N steps
     (``--episodes`` does not apply: episodes take varying numbers of steps); about 30,000 steps
-    take one run through 2,000 episodes. ``scg check`` uses the 2-cell corridor, 2 steps."""
+    take one run through 2,000 episodes. The metrics log ``steps_per_episode``, the mean length
+    of the runs' last 100 episodes. ``scg check`` uses the 2-cell corridor, 2 steps."""
     oc = OptionCritic(FourRooms(), options, runs)
     with torch.no_grad():
         oc.critic.fill_(CRITIC_INIT)
@@ -296,12 +297,17 @@ def build(runs=1, options=4, moved_after=1000, seed=0, lam=LAM):
     one = (torch.tensor([0]), torch.tensor([1]), torch.tensor([0]))
     example = (torch.tensor([0, 5]), torch.tensor([0, 1]), torch.tensor([True, False]),
                torch.full((2,), oc.world.goal), torch.zeros(2, dtype=torch.long))
+    def log(trainer, out, row):
+        """Steps per episode (mean of every run's last 100 episodes) into the metrics."""
+        last = [n for x in episodes.lengths for n in x[-100:]]
+        row["steps_per_episode"] = sum(last) / len(last) if last else float("nan")
+
     return scg.zoo.Setup(
         network=oc.online(), inputs=episodes, example=example,
         options={"estimator": "td", "gamma": GAMMA, "lam": lam, "discount_score": False},
         train={"done": episodes.advance, "per_coagent": True, "updates": 30 * moved_after,
                "optimizer": {"critic": "sgd", "default": adam_beta2(BETA2)},
-               "lr": {"critic": CRITIC_LR * runs, "default": LR}},
+               "lr": {"critic": CRITIC_LR * runs, "default": LR}, "callback": log},
         modules={"units": oc.units, "critic": torch.nn.ParameterDict({"V": oc.critic})},
         check=(small.episodes(), one, {"gamma": GAMMA}), episodes_per_update=None)
 
