@@ -356,13 +356,21 @@ class Trainer:
 
     def state_dict(self):
         """Everything an exact resume needs."""
+        named = self._parameters()
+        kept = {id(p) for p in named.values()} | {id(p) for p in self.est.critics.parameters()}
+        lost = sorted(g for g, (ps, _, _) in self.groups.items() if any(id(p) not in kept
+                                                                       for p in ps))
+        if lost:
+            raise ScgError(f"group(s) {lost} train parameters that are not in modules=, so a "
+                           "checkpoint would lose them: pass every module the model uses "
+                           "(the critic of its scg.value sites included)")
         return {"step": self.step, "history": list(self.history),
-                "parameters": {k: p.detach().clone() for k, p in self._parameters().items()},
+                "parameters": {k: p.detach().clone() for k, p in named.items()},
                 "estimator": self.est.state_dict(),
                 "optimizers": {g: opt.state_dict() for g, (_, opt, _) in self.groups.items()},
                 "schedulers": {g: s.state_dict() for g, (_, _, s) in self.groups.items()},
                 "rng": C.rng_state(),
-                "td": self.est.td.state(self._parameters()) if self.est.td else None,
+                "td": self.est.td.state(named) if self.est.td else None,
                 "inputs": self.inputs.state_dict() if hasattr(self.inputs, "state_dict")
                 else None}
 

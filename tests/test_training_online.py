@@ -130,3 +130,18 @@ def test_a_coagent_that_acts_only_later_is_an_error():
     t = scg.Trainer(step, lambda k: (s, k), estimator="td", progress=False)
     with pytest.raises(ScgError, match=r"update 1: .*coagents \['late'\].*inputs\(0\)"):
         t.fit(3)
+
+
+def test_a_checkpoint_that_would_lose_the_critic_is_an_error(tmp_path):
+    _, one_step, theta, V, _ = chain(3)
+    drv = Driver()
+    t = scg.Trainer(one_step, drv, done=drv.advance, estimator="td", progress=False,
+                    out=tmp_path, modules=torch.nn.ParameterDict({"theta": theta}))
+    t.fit(2)
+    with pytest.raises(ScgError, match=r"\['all'\] train parameters that are not in modules="):
+        t.save()
+    t = scg.Trainer(one_step, drv, done=drv.advance, estimator="td", progress=False,
+                    out=tmp_path, modules=torch.nn.ParameterDict({"theta": theta, "V": V}))
+    t.fit(2)
+    assert set(t.state_dict()["td"]["z"]) == {"model.theta"}
+    assert set(t.state_dict()["td"]["zw"]) == {"model.V"}
