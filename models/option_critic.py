@@ -198,7 +198,9 @@ class Episodes:
     ``done`` of ``scg.Trainer``) records the episodes that ended (arrived, or capped at the
     world's horizon), moves the goal of a run that has just finished ``moved_after``
     episodes to ``moved[run]``, and restarts the ended episodes in uniformly random cells
-    (drawn with ``generator``)."""
+    (drawn with ``generator``). An episode cut at the horizon is settled like one that
+    arrived (V = 0 after its last step): the usual convention, slightly pessimistic for the
+    critic of a policy that still wanders."""
 
     def __init__(self, world, runs, moved_after, moved, generator=None):
         self.world, self.moved_after, self.moved = world, moved_after, moved
@@ -217,7 +219,7 @@ class Episodes:
     def advance(self, out):
         """After a step (``out.value`` = (s', w, arrived)): the bool [runs] of ended episodes."""
         s, w, arrived = out.value
-        self.length += 1
+        self.length = self.length + 1
         ended = arrived | (self.length >= self.world.horizon)
         for r in ended.nonzero().flatten().tolist():
             self.lengths[r].append(int(self.length[r]))
@@ -228,14 +230,16 @@ class Episodes:
         self.length = torch.where(ended, torch.zeros_like(self.length), self.length)
         return ended
 
+    TENSORS = ("s", "w", "first", "goal", "length")
+
     def state_dict(self):
-        return {"s": self.s, "w": self.w, "first": self.first, "goal": self.goal,
-                "length": self.length, "lengths": [list(x) for x in self.lengths],
-                "gen": self.gen.get_state()}
+        """Copies (the driver changes ``goal`` in place)."""
+        return {**{k: getattr(self, k).clone() for k in self.TENSORS},
+                "lengths": [list(x) for x in self.lengths], "gen": self.gen.get_state()}
 
     def load_state_dict(self, state):
-        self.s, self.w, self.first = state["s"], state["w"], state["first"]
-        self.goal, self.length = state["goal"], state["length"]
+        for k in self.TENSORS:
+            setattr(self, k, state[k].clone())
         self.lengths = [list(x) for x in state["lengths"]]
         self.gen.set_state(state["gen"])
 
@@ -281,8 +285,9 @@ def build(runs=1, options=4, moved_after=1000, seed=0, lam=LAM):
     update per step of every run's episode (:meth:`OptionCritic.online`, ``estimator="td"``
     with trace decay ``lam``, no gamma^t on the score); Adam (lr 0.03, beta2 0.99) on the
     units and SGD (0.3 per run) on the critic, initialised optimistically to 1; each run's
-    goal moves to a random cell of the lower-right room (drawn with ``seed``) after
-    ``moved_after`` episodes. ``scg train option_critic --updates N`` runs N steps
+    goal moves to a random cell of the lower-right room after ``moved_after`` episodes. ``seed``
+    draws the moved goals and the start cells (``scg train --seed`` seeds the units' draws;
+    ``--arg seed=N`` changes these). ``scg train option_critic --updates N`` runs N steps
     (``--episodes`` does not apply: episodes take varying numbers of steps); one run's first
     1,000 episodes take about 28,000 steps (the early ones are long), and the default 50,000
     steps go on to about 2,000 episodes. The metrics log ``steps_per_episode``, the mean length

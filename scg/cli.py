@@ -127,7 +127,8 @@ def train(args):
     if updates < 1:
         raise ScgError(f"--updates/--episodes must give at least one update, got {updates}")
     out = args.out or os.path.join("runs", _slug(args.model))
-    per_coagent = args.per_coagent or kw.pop("per_coagent", False)   # a model may need it
+    needs = kw.pop("per_coagent", False)   # a model's defaults may need it
+    per_coagent = args.per_coagent or needs
     trainer = Trainer(s.network, s.inputs, seed=args.seed, out=out, modules=s.modules,
                       checkpoint_every=args.checkpoint_every, progress=not args.no_progress,
                       tensorboard=args.tensorboard, per_coagent=per_coagent, **kw, **options)

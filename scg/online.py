@@ -86,7 +86,7 @@ class TD:
                              if n not in named or z.shape[1:] != named[n].shape)
                 if bad:
                     raise ScgError(f"saved eligibility traces {bad} match no parameter of this "
-                                   f"model (names and shapes: {sorted(named)})")
+                                   f"model by name and shape (its parameters: {sorted(named)})")
                 saved = {id(named[n]): z.to(named[n].device) for n, z in saved.items()}
             setattr(self, key, saved)
         self.pending, self.t0, self.rho = state["pending"], state["t0"], float(state["rho"])

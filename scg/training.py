@@ -100,8 +100,9 @@ class Trainer:
         optimizer: ``adam``, ``adamw``, ``sgd``, ``rmsprop``, ``adagrad`` or a callable
             ``(params, lr) -> Optimizer``; with ``per_coagent=True`` also a dict group ->
             one of those (``default`` for groups not named).
-        lr: a step size, or (``per_coagent=True``) a dict coagent -> step size; coagents not
-            named, and the ``shared`` group, use ``lr["default"]`` (0.01 if absent).
+        lr: a step size, or (``per_coagent=True``) a dict group -> step size (a coagent,
+            ``shared``, or ``critic``: the online critic); groups not named use
+            ``lr["default"]`` (0.01 if absent).
         per_coagent: one optimiser per coagent, stepping on its local loss.
         schedule: ``constant``, ``robbins-monro``, ``cosine`` or a callable ``step -> factor``.
         seed: seeds torch, Python and numpy (``pyro.set_rng_seed``) before anything runs.
@@ -161,24 +162,32 @@ class Trainer:
 
     def _setup(self, total):
         """Discover parameters with one run (no baseline update), then build the optimisers:
-        ``groups`` maps a group name (``all``, a coagent or ``shared``) to (params, optimiser,
-        scheduler)."""
+        ``groups`` maps a group name (``all``; or a coagent, ``shared``, ``critic``) to
+        (params, optimiser, scheduler)."""
         if self.groups is not None:
             return
         self._total = total
         self._discover()
         critic = self._critic()
         if self.per_coagent:
+            clash = sorted(set(self.est.params) & {"shared", "critic", "default"})
+            if clash:
+                raise ScgError(f"coagent name(s) {clash} clash with the trainer's optimiser "
+                               "groups ('shared', 'critic', 'default') under per_coagent=True: "
+                               "rename the coagent(s)")
             shared = set(self.est.shared)
             named = {c: [p for p in self.est.parameters(c) if id(p) not in shared]
                      for c in self.est.params}
             named["shared"] = [p for p in self.est.parameters() if id(p) in shared]
             named["critic"] = critic
             lrs = self.lr if isinstance(self.lr, dict) else {"default": self.lr}
-            unknown = set(lrs) - set(named) - {"default"}
-            if unknown:
-                raise ScgError(f"lr names unknown coagent(s) {sorted(unknown)}; coagents: "
-                               f"{sorted(self.est.params)} (and 'shared', 'default')")
+            for what, spec in (("lr", lrs), ("optimizer", self.optimizer)):
+                unknown = set(spec) - set(named) - {"default"} if isinstance(spec, dict) \
+                    else set()
+                if unknown:
+                    raise ScgError(f"{what} names unknown coagent(s) {sorted(unknown)}; "
+                                   f"coagents: {sorted(self.est.params)} (and 'shared', "
+                                   "'critic', 'default')")
             rates = {g: lrs.get(g, lrs.get("default", 0.01)) for g in named}
         else:
             if isinstance(self.lr, dict):
@@ -202,7 +211,10 @@ class Trainer:
             self.est.plan_for(sites, args, {})
 
     def _critic(self):
-        """The ``scg.value`` sites' parameters that no coagent owns (the online critic)."""
+        """The ``scg.value`` sites' parameters that no coagent owns (the online critic; the
+        Monte Carlo estimator ignores value sites, so there is none to train)."""
+        if self.est.td is None:
+            return []
         owned = {id(p) for p in self.est.parameters()}
         return [p for k, p in self.est.value_params.items() if k not in owned]
 
@@ -233,9 +245,12 @@ class Trainer:
         ended = self._end_episodes(out) if self.est.td is not None else None
         for c, loss in [("total", out.loss)] + sorted(out.local.items()):
             if not torch.isfinite(loss).all():
+                kept = "the last checkpoint and the parameters are as before this update" \
+                    if self.est.td is None else "the parameters are as before this update; " \
+                    "the online traces and the inputs have moved on: resume from the last " \
+                    "checkpoint"
                 raise ScgError(f"update {self.step}: the local loss of coagent {c!r} is "
-                               f"{loss.item()}; no step taken (the last checkpoint and the "
-                               "parameters are as before this update)")
+                               f"{loss.item()}; no step taken ({kept})")
         for _, opt, _ in self.groups.values():
             opt.zero_grad(set_to_none=True)
         if self.per_coagent:
@@ -268,7 +283,7 @@ class Trainer:
 
     def _end_episodes(self, out):
         """``estimator="td"``: settle the episodes ``done(out)`` names (``est.finish``) and add
-        that update to ``out``; returns the mask (all False without ``done``)."""
+        that update to ``out``; returns the mask (empty without ``done``)."""
         self._check_known()
         ended = self.done(out) if self.done is not None else None
         if ended is None:
@@ -351,7 +366,8 @@ class Trainer:
             mods = self.modules if isinstance(self.modules, dict) else {"model": self.modules}
             return {f"{k}.{n}": p for k, m in mods.items() for n, p in m.named_parameters()}
         ps = {id(p): p for ps in self.est.params.values() for p in ps.values()}
-        ps.update({k: p for k, p in self.est.value_params.items() if k not in ps})
+        if self.est.td is not None:   # the online critic (Monte Carlo ignores value sites)
+            ps.update({k: p for k, p in self.est.value_params.items() if k not in ps})
         return {f"p{i}": p for i, p in enumerate(ps.values())}
 
     def state_dict(self):

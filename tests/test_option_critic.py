@@ -172,6 +172,7 @@ def test_zoo_entry_trains_and_resumes_from_the_command_line(capsys, tmp_path):
     assert "resumed from" in capsys.readouterr().out
     assert main(argv + ["--episodes", "10"]) == 2
     assert "learns online" in capsys.readouterr().err
+    assert main(argv + ["--updates", "12", "--per-coagent"]) == 0   # the model's default too
 
 def test_derive_reads_like_bacon_et_al():
     """The episodic network's rules (the zoo entry's one-step network reads the same way)."""

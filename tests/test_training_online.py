@@ -83,7 +83,8 @@ def test_trainer_equals_the_loop_written_by_hand(lam):
 def test_resumed_online_run_equals_uninterrupted(tmp_path):
     whole, theta, V = trainer()
     whole.fit(11)
-    want = (theta.detach().clone(), V.detach().clone(), whole.est.td.z, whole.est.td.t0)
+    td = whole.est.td
+    want = (theta.detach().clone(), V.detach().clone(), td.z, td.t0, td.zw, td.pending)
     first, *_ = trainer(out=tmp_path, checkpoint_every=3)
     first.fit(7)                                 # checkpoint at update 6; updates 7 are lost
     again, theta, V = trainer(out=tmp_path)
@@ -91,8 +92,9 @@ def test_resumed_online_run_equals_uninterrupted(tmp_path):
     again.fit(11)
     assert torch.equal(theta, want[0]) and torch.equal(V, want[1])
     assert torch.equal(again.est.td.t0, want[3])
-    assert [torch.equal(a, b) for a, b in zip(again.est.td.z.values(), want[2].values())] \
-        == [True]
+    for got, saved in ((again.est.td.z, want[2]), (again.est.td.zw, want[4])):
+        assert [torch.equal(a, b) for a, b in zip(got.values(), saved.values())] == [True]
+    assert all(torch.equal(a, b) for a, b in zip(again.est.td.pending, want[5]))
 
 
 def test_online_bad_configurations():
@@ -145,3 +147,24 @@ def test_a_checkpoint_that_would_lose_the_critic_is_an_error(tmp_path):
     t.fit(2)
     assert set(t.state_dict()["td"]["z"]) == {"model.theta"}
     assert set(t.state_dict()["td"]["zw"]) == {"model.V"}
+
+
+def test_monte_carlo_ignores_value_sites_and_coagents_may_not_take_group_names(tmp_path):
+    episode, _, theta, V, _ = chain(3)
+    t = scg.Trainer(episode, (torch.tensor([0, 1]),), progress=False, out=tmp_path,
+                    per_coagent=True, modules=torch.nn.ParameterDict({"theta": theta}))
+    t.fit(2)
+    assert set(t.groups) == {"pi"} and t.save()       # V is no Monte Carlo parameter
+    with pytest.raises(ScgError, match=r"optimizer names unknown coagent\(s\) \['critc'\]"):
+        scg.Trainer(episode, (torch.tensor([0, 1]),), progress=False, per_coagent=True,
+                    optimizer={"critc": "sgd"}).fit(1)
+
+    @scg.network
+    def named_critic(s):
+        with scg.episodes(s.shape[0]):
+            a = scg.message("a", pyro.distributions.Bernoulli(logits=theta[0, s]),
+                            coagent="critic")
+            scg.reward("r", a)
+    with pytest.raises(ScgError, match=r"coagent name\(s\) \['critic'\] clash"):
+        scg.Trainer(named_critic, (torch.tensor([0, 1]),), progress=False,
+                    per_coagent=True).fit(1)
