@@ -89,7 +89,11 @@ class TD:
                                    f"model by name and shape (its parameters: {sorted(named)})")
                 saved = {id(named[n]): z.to(named[n].device) for n, z in saved.items()}
             setattr(self, key, saved)
-        self.pending, self.t0, self.rho = state["pending"], state["t0"], float(state["rho"])
+        device = next(iter(named.values())).device if named else None
+        move = (lambda x: x if x is None or device is None else x.to(device))
+        pending = state["pending"]
+        self.pending = None if pending is None else tuple(move(x) for x in pending)
+        self.t0, self.rho = move(state["t0"]), float(state["rho"])
 
     # ---- one window -------------------------------------------------------------------
     def window(self, sites, actor, critic):
