@@ -195,3 +195,79 @@ class TalkingAgents:
         self.opt.zero_grad()
         loss.backward()
         self.opt.step()
+
+
+class OnlineWalk:
+    """Online actor-critic (``estimator="td"``): B random walks on a corridor of S cells, a
+    tabular softmax policy (left or right) and a tabular critic V, reward 1 on reaching the
+    last cell, where the episode ends and restarts in cell 0 (``finish(done=...)``). One
+    iteration is one step of every walk: settle the last step's TD error, update the traces,
+    SGD. The hand-written version keeps its own traces, with the tabular score in closed form
+    (one-hot of the cell times one-hot of the move minus the policy)."""
+
+    def __init__(self, S=10, B=32, gamma=0.95, lam=0.8):
+        self.S, self.B, self.gamma, self.lam = S, B, gamma, lam
+        self.theta = torch.nn.Parameter(torch.zeros(S, 2))
+        self.V = torch.nn.Parameter(torch.zeros(S))
+        self.opt = torch.optim.SGD([self.theta, self.V], lr=0.1)
+        theta, V = self.theta, self.V
+
+        @scg.network
+        def walk(s):
+            with scg.episodes(s.shape[0]):
+                for _ in scg.steps(1):
+                    scg.value("v", V[s])
+                    a = scg.message("a", dist.Categorical(logits=theta[s]), coagent="policy")
+                    s = (s + 2 * a - 1).clamp(0, S - 1)
+                    arrived = s == S - 1
+                    scg.reward("r", arrived.float())
+            return s, arrived
+
+        self.est = scg.compile(walk, estimator="td", gamma=gamma, lam=lam,
+                               discount_score=False)
+        self.s = torch.zeros(B, dtype=torch.long)         # scg's walks
+        self.hs = torch.zeros(B, dtype=torch.long)        # the hand-written walks
+        self.z = self.zw = self.pending = None
+
+    def scg_iteration(self):
+        out = self.est(self.s)
+        s, arrived = out.value
+        loss = out.loss + self.est.finish(done=arrived).loss
+        self.s = torch.where(arrived, torch.zeros_like(s), s)
+        self.step(loss)
+
+    def hand_iteration(self):
+        S, B, theta, V = self.S, self.B, self.theta, self.V
+        s = self.hs
+        with torch.no_grad():
+            v = V[s]
+            pi = torch.softmax(theta[s], -1)
+            a = torch.distributions.Categorical(logits=theta[s]).sample()
+            cell = one_hot(s, S).to(v.dtype)                                  # [B, S]
+            g_theta = cell[:, :, None] * (one_hot(a, 2).to(v.dtype) - pi)[:, None, :]
+            u_theta, u_V = torch.zeros_like(theta), torch.zeros_like(V)
+            if self.pending is not None:                 # settle the last step with V(s_t)
+                r, v_prev = self.pending
+                delta = r + self.gamma * v - v_prev
+                u_theta += torch.einsum("b,bsa->sa", delta, self.z) / B
+                u_V += delta @ self.zw / B
+            decay = self.gamma * self.lam
+            self.z = g_theta if self.z is None else decay * self.z + g_theta
+            self.zw = cell if self.zw is None else decay * self.zw + cell
+            s2 = (s + 2 * a - 1).clamp(0, S - 1)
+            arrived = s2 == S - 1
+            r = arrived.to(v.dtype)
+            end = torch.where(arrived, r - v, torch.zeros_like(v))   # V = 0 after the goal
+            u_theta += torch.einsum("b,bsa->sa", end, self.z) / B
+            u_V += end @ self.zw / B
+            keep = (~arrived).to(v.dtype)
+            self.z, self.zw = keep[:, None, None] * self.z, keep[:, None] * self.zw
+            self.pending = (r * keep, v * keep)   # ended walks restart: nothing pending
+        theta.grad, V.grad = -u_theta, -u_V
+        self.opt.step()
+        self.hs = torch.where(arrived, torch.zeros_like(s2), s2)
+
+    def step(self, loss):
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()

@@ -4,7 +4,7 @@ hand-written loss's gradient for every workload."""
 import pytest
 import torch
 
-from benchmarks.workloads import Chain, Layer, TalkingAgents
+from benchmarks.workloads import Chain, Layer, OnlineWalk, TalkingAgents
 
 
 def grads(work, which, seed):
@@ -34,3 +34,19 @@ def test_scg_gradient_equals_hand_written(make):
     assert any(x.abs().sum() > 0 for x in a)
     for x, y in zip(a, b):
         assert torch.allclose(x, y, rtol=1e-4, atol=1e-5), (x, y)
+
+
+def test_online_walk_equals_hand_written_actor_critic():
+    """Online: traces carry across iterations, so compare 40 SGD steps from one seed (walks
+    reach the goal and restart on the way), policy and critic."""
+    torch.set_default_dtype(torch.float32)
+    a, b = OnlineWalk(S=6, B=8), OnlineWalk(S=6, B=8)
+    torch.manual_seed(3)
+    for _ in range(40):
+        a.scg_iteration()
+    torch.manual_seed(3)
+    for _ in range(40):
+        b.hand_iteration()
+    assert a.theta.abs().max() > 0.01 and a.V.abs().max() > 0.01
+    assert torch.allclose(a.theta, b.theta, atol=1e-6)
+    assert torch.allclose(a.V, b.V, atol=1e-6)
