@@ -291,7 +291,8 @@ def build(runs=1, options=4, moved_after=1000, seed=0, lam=LAM):
     (``--episodes`` does not apply: episodes take varying numbers of steps). Measured with one
     run: its first 1,000 episodes took 30,249 steps (the early ones are long) and 50,000 steps
     made 1,710 episodes; the default 60,000 steps go on to about 2,000. The metrics log
-    ``steps_per_episode``, the mean length of the runs' last 100 episodes. ``scg check`` uses the 2-cell corridor, 2 steps."""
+    ``steps_per_episode``, the mean length of the runs' last 100 episodes. ``scg check`` uses
+    the 2-cell corridor, 2 steps."""
     oc = OptionCritic(FourRooms(), options, runs)
     with torch.no_grad():
         oc.critic.fill_(CRITIC_INIT)

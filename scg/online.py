@@ -90,7 +90,9 @@ class TD:
                 saved = {id(named[n]): z.to(named[n].device) for n, z in saved.items()}
             setattr(self, key, saved)
         device = next(iter(named.values())).device if named else None
-        move = (lambda x: x if x is None or device is None else x.to(device))
+
+        def move(x):
+            return x if x is None or device is None else x.to(device)
         pending = state["pending"]
         self.pending = None if pending is None else tuple(move(x) for x in pending)
         self.t0, self.rho = move(state["t0"]), float(state["rho"])
