@@ -304,6 +304,7 @@ def build(runs=1, options=4, moved_after=1000, seed=0, lam=LAM):
     one = (torch.tensor([0]), torch.tensor([1]), torch.tensor([0]))
     example = (torch.tensor([0, 5]), torch.tensor([0, 1]), torch.tensor([True, False]),
                torch.full((2,), oc.world.goal), torch.zeros(2, dtype=torch.long))
+
     def log(trainer, out, row):
         """Steps per episode (mean of every run's last 100 episodes) into the metrics."""
         last = [n for x in episodes.lengths for n in x[-100:]]

@@ -64,17 +64,11 @@ class TD:
     def state(self, named):
         """Everything between windows, for a checkpoint: traces by parameter *name*
         (``named``: name -> parameter; ids do not survive a process), the pending step, the
-        time origins and rho."""
-        names = {id(p): n for n, p in named.items()}
-        traces = {}
-        for key in ("z", "zw"):
-            zs = getattr(self, key)
-            missing = [k for k in (zs or {}) if k not in names]
-            if missing:
-                raise ScgError(f"{len(missing)} parameter(s) with eligibility traces are not "
-                               "among the named parameters (pass every module the model "
-                               "uses, its critic's included, as modules=)")
-            traces[key] = None if zs is None else {names[k]: z for k, z in zs.items()}
+        time origins and rho. The caller (``scg.Trainer.state_dict``) has checked that every
+        trained parameter is named."""
+        names = {id(p): n for n, p in named.items()}   # every traced parameter is named
+        traces = {key: None if getattr(self, key) is None else
+                  {names[k]: z for k, z in getattr(self, key).items()} for key in ("z", "zw")}
         return {**traces, "pending": self.pending, "t0": self.t0, "rho": self.rho}
 
     def load_state(self, state, named):

@@ -199,6 +199,7 @@ class Trainer:
                 opt = _optimizer(self.optimizer, ps, rates[g], g)
                 sched = torch.optim.lr_scheduler.LambdaLR(opt, self._factor)
                 self.groups[g] = (ps, opt, sched)
+        self._known = {id(p) for ps, _, _ in self.groups.values() for p in ps}
 
     def _discover(self):
         """One run on ``inputs(0)`` to find the parameters, its draws discarded: no baseline
@@ -221,7 +222,7 @@ class Trainer:
     def _check_known(self):
         """A window may reach parameters the set-up run did not (a coagent that acts only
         later): they would never be stepped, so say so."""
-        known = {id(p) for ps, _, _ in self.groups.values() for p in ps}
+        known = self._known
         new = [c for c, ps in self.est.params.items() if any(k not in known for k in ps)]
         if new or any(k not in known for k in self.est.value_params):
             what = f"coagents {sorted(new)}" if new else "the critic"
@@ -256,7 +257,7 @@ class Trainer:
         if self.per_coagent:
             for c, loss in out.local.items():
                 ps = list(self.est.parameters(c)) if c in self.est.params else \
-                    self._critic() if c == "critic" and self.est.td is not None else []
+                    self.groups.get(c, ([],))[0] if c == "critic" else []
                 ps = [p for p in ps if p.requires_grad]
                 if ps and loss.requires_grad:
                     torch.autograd.backward(loss, inputs=ps, retain_graph=True)
