@@ -29,6 +29,9 @@ The estimate of u is returned as a surrogate ``-(u . theta)`` (its gradient is `
 is minus the window's discounted return), so any torch optimiser applies it. Each episode of the
 ``scg.episodes`` plate keeps its own traces and time origin; per-episode gradients come from one
 vectorised backward pass per step (``is_grads_batched``).
+
+The state survives ``copy.deepcopy`` and ``pickle`` of the estimator together with the
+parameters it trains (one copy, one memo): traces are matched to the copied parameters.
 """
 
 import torch
@@ -58,8 +61,30 @@ class TD:
         """Forget traces, the pending step and the time origin of every episode."""
         self.z = None        # actor traces: {id(p): [N, *p.shape]}
         self.zw = None       # critic traces, the same
+        self.refs = {}       # id(p) -> p, for every traced parameter (see __getstate__)
         self.pending = None  # (r [N], v [N], open [N] bool) of the last step, awaiting V(s_{t+1})
         self.t0 = None       # [N] steps since each episode's time origin
+
+    # Traces are keyed by id(p) for speed, and ids do not survive copy.deepcopy or pickle. The
+    # state holds the traced parameters themselves instead, as (parameter, trace) pairs: copied
+    # with the estimator (one deepcopy or pickle, one memo), each pair's parameter *is* the
+    # copy the copied estimator trains, whatever order parameters were first seen in.
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        for key in ("z", "zw"):
+            if state[key] is not None:
+                state[key] = [(self.refs[k], z) for k, z in state[key].items()]
+        del state["refs"]
+        return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        refs = {}
+        for key in ("z", "zw"):
+            if state[key] is not None:
+                refs.update({id(p): p for p, _ in state[key]})
+                state[key] = {id(p): z for p, z in state[key]}
+        self.__dict__.update(state, refs=refs)
 
     def state(self, named):
         """Everything between windows, for a checkpoint: traces by parameter *name*
@@ -81,6 +106,7 @@ class TD:
                 if bad:
                     raise ScgError(f"saved eligibility traces {bad} match no parameter of this "
                                    f"model by name and shape (its parameters: {sorted(named)})")
+                self.refs.update({id(named[n]): named[n] for n in saved})
                 saved = {id(named[n]): z.to(named[n].device) for n, z in saved.items()}
             setattr(self, key, saved)
         device = next(iter(named.values())).device if named else None
@@ -183,6 +209,7 @@ class TD:
                 z = traces.get(id(p))
                 g = g if w is None else _rows(w, g) * g
                 traces[id(p)] = g if z is None else decay * z + g
+                self.refs[id(p)] = p
 
 
 def _rows(x, like):
