@@ -21,6 +21,7 @@ from pyro import poutine
 
 from .errors import ScgError
 from .runtime import expands_to, require_run, sample_site
+from .terms import canonical_params
 
 
 def asynchronous_message(name, fn, coagent, execute, init, reparam):
@@ -38,7 +39,7 @@ def asynchronous_message(name, fn, coagent, execute, init, reparam):
     where = f"message {name!r} (step {run.t})"
     batch = fn.batch_shape
     last = previous_step(run, name, init, where)
-    bit, source = execution_bit(name, execute, batch, where)
+    bit, source = execution_bit(name, execute, batch, where, device_of(fn), float_dtype_of(fn))
     with poutine.mask(mask=bit):
         draw = sample_site(name, fn, "message", coagent, scg_reparam=bool(reparam),
                            scg_execute=source, scg_bit=bit)
@@ -68,23 +69,48 @@ def previous_step(run, name, init, where):
     return out
 
 
-def execution_bit(name, execute, batch, where):
+def device_of(fn):
+    """The device of distribution ``fn``: that of its parameters (the first tensor among its
+    canonical parameters, then among its attributes); the default device if it has none."""
+    for p in canonical_params(fn).values():
+        return p.device
+    for v in vars(fn).values():
+        if isinstance(v, torch.Tensor):
+            return v.device
+    return torch.get_default_device()
+
+
+def float_dtype_of(fn):
+    """The floating dtype of ``fn``'s parameters (the default dtype if none is floating)."""
+    for p in list(canonical_params(fn).values()) + list(vars(fn).values()):
+        if isinstance(p, torch.Tensor) and p.is_floating_point():
+            return p.dtype
+    return torch.get_default_dtype()
+
+
+def execution_bit(name, execute, batch, where, device=None, dtype=None):
     """The bool execution bit of site ``name`` and where it came from.
 
     A floating ``execute`` is a probability: the execution coagent ``name.exec`` (a Bernoulli
     message owned by coagent ``name.exec``) is sampled now. A bool ``execute`` is a bit already
     drawn (another coagent's output). ``None`` (only ``init`` given) executes always.
+    Tensors made here (the bit of ``None``, a Python bool or number) are on ``device`` (the
+    unit's distribution's, :func:`device_of`); a Python number is a probability in ``dtype``.
     """
+    device = torch.get_default_device() if device is None else device
     if execute is None:
-        return torch.ones(batch, dtype=torch.bool), "always"
+        return torch.ones(batch, dtype=torch.bool, device=device), "always"
     if not isinstance(execute, torch.Tensor):
         if isinstance(execute, bool):
-            execute = torch.tensor(execute)
+            execute = torch.tensor(execute, device=device)
         elif isinstance(execute, (int, float)):
-            execute = torch.tensor(float(execute))
+            execute = torch.tensor(float(execute), device=device,
+                                   dtype=torch.get_default_dtype() if dtype is None else dtype)
         else:
             raise ScgError(f"{where}: execute= must be a probability (float tensor) or an "
                            f"execution bit (bool tensor), got {type(execute).__name__}")
+    elif execute.device != device:   # a bit or probability computed elsewhere (a CPU tensor)
+        execute = execute.to(device)
     if not expands_to(execute.shape, batch):
         raise ScgError(f"{where}: execute= has shape {tuple(execute.shape)}, not broadcastable "
                        f"to the site's batch shape {tuple(batch)}")

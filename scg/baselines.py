@@ -13,6 +13,7 @@
 import torch
 
 from .errors import ScgError
+from .terms import canonical_params, masked
 
 KINDS = ("none", "avg", "loo", "critic")
 
@@ -53,7 +54,10 @@ def critic(est, group, R, sites, update):
     values, losses = [], []
     for k, _n in enumerate(group.names):
         s = sites[group.index[k]]
-        v = est.critic_for(s)(features(s)).squeeze(-1)
+        x = features(s)
+        if s.mask is not None:   # a masked element's parameters may be NaN padding
+            x = torch.where(s.mask.expand(x.shape[:-1])[..., None], x, x.new_zeros(()))
+        v = masked(est.critic_for(s)(x).squeeze(-1), s.mask)
         values.append(v.detach())
         err = (v - R[k].detach()) ** 2
         losses.append((s.coagent, 0.5 * _masked_mean(err, s.mask)))
@@ -61,23 +65,31 @@ def critic(est, group, R, sites, update):
 
 
 def features(site):
-    """A site's local state for its critic: its distribution's parameters (detached) and t."""
+    """A site's local state for its critic: its distribution's canonical parameters
+    (:func:`scg.terms.canonical_params`, detached, flattened in name order) and t. The same
+    features whichever parameterisation the distribution was built with (``logits`` or
+    ``probs``) and whatever it has computed lazily since."""
     fn, batch = site.fn, site.fn.batch_shape
     parts = []
-    for key in sorted(fn.arg_constraints):
-        if key in fn.__dict__ and isinstance(fn.__dict__[key], torch.Tensor):
-            p = fn.__dict__[key].detach()
-            parts.append(p.expand(batch + p.shape[len(batch):]).reshape(batch + (-1,)))
+    for p in canonical_params(fn).values():
+        p = p.detach()
+        if not p.is_floating_point():
+            p = p.to(torch.get_default_dtype())
+        try:
+            p = p.expand(batch + p.shape[len(batch):])
+        except RuntimeError:   # a parameter not aligned with the batch: no feature
+            continue
+        parts.append(p.reshape(batch + (-1,)))
     ref = parts[0] if parts else site.value.detach().to(torch.get_default_dtype())
     parts.append(torch.full(batch + (1,), float(site.time), dtype=ref.dtype, device=ref.device))
-    return torch.cat(parts, -1)
+    return torch.cat([x.to(ref.dtype) for x in parts], -1)
 
 
 def _masked_mean(x, mask):
     if mask is None:
         return x.mean()
-    m = mask.expand_as(x).to(x.dtype)
-    return (x * m).sum() / m.sum().clamp(min=1)
+    m = mask.expand_as(x)
+    return masked(x, m).sum() / m.sum().clamp(min=1).to(x.dtype)
 
 
 RULES = {"none": none, "avg": avg, "loo": loo, "critic": critic}

@@ -271,7 +271,7 @@ def _step_reward(at, N, like):
     pathwise = None
     for s in at:
         if s.role in ("reward", "cost", "predict"):
-            c = _per_episode(cost(s), s, N)
+            c = _per_episode(cost(s, like), s, N)
             total = total + c.detach()
             if c.requires_grad:
                 pathwise = c if pathwise is None else pathwise + c

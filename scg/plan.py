@@ -200,7 +200,8 @@ def suffix_sums(c, levels):
 
 
 def apply_credit(R, credit, S):
-    """Add the credited runs of suffix sums ``S`` into the relative returns ``R``."""
+    """Add the credited runs of suffix sums ``S`` into the relative returns ``R`` (in R's
+    dtype: the log-probabilities' when costs arrive in another)."""
     view = (-1,) + (1,) * (S.dim() - 1)
     runs = credit.wa.view(view) * S[credit.a] - credit.wb.view(view) * S[credit.b]
-    return R.index_add(0, credit.site, runs.expand((runs.shape[0],) + R.shape[1:]))
+    return R.index_add(0, credit.site, runs.expand((runs.shape[0],) + R.shape[1:]).to(R.dtype))
