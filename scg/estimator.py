@@ -10,6 +10,7 @@ emit the surrogate. Its value is ``-(estimate of J)``; its gradient is ``-(estim
 """
 
 import inspect
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -18,6 +19,7 @@ from . import baselines as B
 from . import graph as G
 from . import plan as P
 from .errors import ScgError
+from .guards import arguments, check_replay, check_sites, data_flow, first_difference
 from .online import TD
 from .provenance import Analysis
 from .recurrence import roll
@@ -34,7 +36,8 @@ OPTIONS = {
     "estimator": "mc",       # mc (exact score-function surrogate) | td (online, scg.online)
     "lam": 1.0,              # td: trace decay lambda in [0, 1]
     "avg_rate": 0.01,        # td with objective="average": step size of the reward average
-}
+    "verify": None,          # analyse every run, raise where the cached plan would differ
+}                            # (default: the SCG_VERIFY environment variable, else False)
 
 
 @dataclass
@@ -72,6 +75,8 @@ class Estimator(torch.nn.Module):
         if not getattr(model, "_scg_network", False):
             raise ScgError(f"{getattr(model, '__name__', model)!r} is not an @scg.network function")
         opts = {**OPTIONS, **options}
+        if opts["verify"] is None:
+            opts["verify"] = os.environ.get("SCG_VERIFY", "") not in ("", "0")
         if not 0.0 <= float(opts["gamma"]) <= 1.0:
             raise ScgError(f"gamma must be in [0, 1], got {opts['gamma']}")
         if opts["baseline"] not in B.KINDS:
@@ -92,6 +97,9 @@ class Estimator(torch.nn.Module):
         self.model, self.options = model, opts
         self.gamma, self.decay = float(opts["gamma"]), float(opts["decay"])
         self.plans, self.averages, self.params = {}, {}, {}
+        self.structures = {}  # (signature, argument fingerprint) -> plan, for static runs
+        self.dynamic = False  # something escaped torch in an analysed run: analyse every run
+        self.verify = bool(opts["verify"])
         self.critics = torch.nn.ModuleDict()
         self.critic_owner = {}  # critic key -> coagent
         self.shared = {}
@@ -117,8 +125,7 @@ class Estimator(torch.nn.Module):
             return self.last_plan.graph
         if not args and not kwargs and not _takes_no_arguments(self.model):
             raise ScgError("no structure analysed yet: call est.graph(*args)")
-        sites, _ = self.trace(args, kwargs)
-        return self.plan_for(sites, args, kwargs).graph
+        return self.traced(args, kwargs)[2].graph
 
     def rolled_graph(self, *args, **kwargs):
         """The rolled graph (one node per site name, back edges to earlier steps): see
@@ -146,25 +153,60 @@ class Estimator(torch.nn.Module):
         self.averages = dict(state["averages"])
 
     # ---- analysis ------------------------------------------------------------------------
-    def plan_for(self, sites, args, kwargs):
-        """The plan for this run's structure: cached, or analysed now."""
-        sig = tuple(s.key for s in sites)
-        plan = self.plans.get(sig)
+    def traced(self, args, kwargs, *handlers):
+        """Run the model once and find the plan of that run: ``(sites, value, plan)``.
+
+        The first run, every run of a *dynamic* estimator (something escaped torch in an
+        earlier run: escapes are monotone) and every run under ``verify`` are analysed as they
+        happen; others run plainly and reuse the plan cached for their structure signature
+        and argument fingerprint, replaying the run under analysis when there is none."""
+        guard = arguments(args, kwargs)
+        if self.dynamic or self.verify or not self.structures:
+            analysis = Analysis(inputs=(args, kwargs))
+            sites, value = self.trace(args, kwargs, *handlers, record=analysis)
+            plan = self.plan_of(sites, analysis, guard)
+        else:
+            sites, value = self.trace(args, kwargs, *handlers)
+            plan = self.plan_for(sites, args, kwargs, guard)
+        self.last_plan = plan
+        return sites, value, plan
+
+    def plan_for(self, sites, args, kwargs, guard=None):
+        """The plan for a plainly recorded run: cached for its structure and arguments, or
+        derived now by replaying the run under provenance tracking."""
+        guard = arguments(args, kwargs) if guard is None else guard
+        plan = self.structures.get((tuple(s.key for s in sites), guard))
         if plan is None:
-            plan = self.plans[sig] = self.analyse(sites, sig, args, kwargs)
+            replay = {s.name: s.value for s in sites if s.role in ("message", "env")}
+            analysis = Analysis(replay, inputs=(args, kwargs))
+            with analysis:
+                self.model(*args, **kwargs)
+            check_replay(sites, analysis.sites)
+            plan = self.plan_of(sites, analysis, guard)
         self.last_plan = plan
         return plan
 
-    def analyse(self, sites, sig, args, kwargs):
-        replay = {s.name: s.value for s in sites if s.role in ("message", "env")}
-        analysis = Analysis(replay)
-        with analysis:
-            self.model(*args, **kwargs)
-        if tuple(s.key for s in analysis.sites) != sig:
-            raise ScgError("the model's structure changed when replayed with the same sampled "
-                           "values: randomness outside scg sites? use scg.env for it")
+    def plan_of(self, sites, analysis, guard):
+        """The plan of an analysed run, cached by its signature and data flow."""
+        sig = tuple(s.key for s in sites)
+        flow = data_flow(sites, analysis)
+        plan = self.plans.get((sig, flow))
+        if plan is None:
+            check_sites(sites, analysis)
+            plan = self.plans[(sig, flow)] = self.analyse(sites, analysis)
+            plan.flow = flow
+        if analysis.escaped:
+            self.dynamic = True
+        else:
+            cached = self.structures.get((sig, guard))
+            if cached is not None and cached is not plan:
+                raise ScgError(first_difference(cached.flow, flow, sites))
+            self.structures[(sig, guard)] = plan
+        return plan
+
+    def analyse(self, sites, analysis):
         g = G.build(sites, analysis.parents, analysis.masks, analysis.bits,
-                    analysis.reads)
+                    analysis.reads, analysis.worlds)
         owner = self._find_parameters(sites)
         for c, o in owner.items():
             g.nodes[c]["owner"] = o
@@ -215,8 +257,7 @@ class Estimator(torch.nn.Module):
 
     # ---- emission ------------------------------------------------------------------------
     def run(self, args, kwargs, *handlers, update=True):
-        sites, value = self.trace(args, kwargs, *handlers)
-        plan = self.plan_for(sites, args, kwargs)
+        sites, value, plan = self.traced(args, kwargs, *handlers)
         if self.td is not None:
             u, ret = self.td.window(sites, *self._td_params())
             out = self._td_output(u, ret, plan)
@@ -225,12 +266,14 @@ class Estimator(torch.nn.Module):
         out.value, out.sites = value, sites
         return out
 
-    def trace(self, args, kwargs, *handlers):
+    def trace(self, args, kwargs, *handlers, record=None):
         """Run the model once, recording its sites: ``(sites, return value)``."""
         try:
-            return run(self.model, args, kwargs, *handlers)
-        except ValueError as e:
-            if "Expected parameter" not in str(e):   # torch.distributions' validation
+            return run(self.model, args, kwargs, *handlers, record=record)
+        except (ValueError, RuntimeError) as e:
+            # torch.distributions' validation, or sampling from invalid numbers (the analysis
+            # runs without validation)
+            if "Expected parameter" not in str(e) and "inf`, `nan`" not in str(e):
                 raise
             raise ScgError(self._invalid_parameters(e)) from None
 
@@ -296,7 +339,10 @@ class Estimator(torch.nn.Module):
         C = [torch.stack([cost(sites[i]) for i in g.index]) for g in plan.costs]
         for g, c in zip(plan.costs, C):
             _check_finite(g, c, sites)
-        per_cost = [c.flatten(1).sum(1) * k for c, k in zip(C, T["coef"])]
+        for s in sites:
+            if s.role in ("message", "env"):
+                s.check_unchanged()
+        per_cost = [c.reshape(c.shape[0], -1).sum(1) * k for c, k in zip(C, T["coef"])]
         objective = sum(v.sum() for v in per_cost)
         owned = objective.new_zeros(n)
         unowned = 0.0
@@ -324,7 +370,7 @@ class Estimator(torch.nn.Module):
                     R = P.apply_credit(R, credit, S[key])
             b, reg = rule(self, g, R, sites, update)
             kappa = T["kappa"][i].reshape((-1,) + (1,) * (R.dim() - 1))
-            term = (lp * (kappa * (R - b)).detach()).flatten(1).sum(1)
+            term = (lp * (kappa * (R - b)).detach()).reshape(lp.shape[0], -1).sum(1)
             score = score.index_add(0, T["site_owner"][i], term - term.detach())
             for coagent, r in reg or ():
                 critic = (objective.new_zeros(n) if critic is None else critic).index_add(

@@ -14,13 +14,18 @@ Node attributes:
     execution_of: on an execution coagent's site, the base name of the unit it drives.
     base: the user's site name without ``@t``.
 
+Escape nodes (role ``escape``, named ``escape.k``) stand for the world outside torch: their
+parents are the sites whose values escaped (``int(a)`` fed to an environment) and the previous
+escape node; every site and cost emitted after one reads it (the conservative fallback of
+design.md §3.2, linear in size).
+
 Edge attributes ``reads``: v's distribution (a cost: its value) was computed from u's value;
 ``mask``: v is masked by a value computed from u (v's execution bit or its ``scg.done``
 mask); ``execute``: v's execution bit was computed from u. An edge with none of these is the
 escape fallback.
 
-An edge u -> v means v's distribution (or a cost's value) was computed from u's value, or u's
-value escaped torch before v was emitted (the conservative fallback).
+An edge u -> v means v's distribution (or a cost's value) was computed from u's value, or v
+reads the escape node u.
 """
 
 import networkx as nx
@@ -29,11 +34,19 @@ from .errors import ScgError
 from .primitives import COSTS, ROLES
 
 
-def build(sites, parents, masks=None, bits=None, reads=None):
+def build(sites, parents, masks=None, bits=None, reads=None, worlds=None):
     """The graph of one analysed run: ``sites`` in order, ``parents[name]`` from provenance,
     ``masks[name]``, ``bits[name]`` and ``reads[name]`` (the parents reached through the site's
-    mask, its execution bit, and its distribution or value)."""
+    mask, its execution bit, and its distribution or value), and the escape nodes ``worlds``
+    (name -> time, order, parents: where values left torch)."""
     g = nx.DiGraph()
+    for w, a in (worlds or {}).items():
+        g.add_node(w, role="escape", coagent=None, time=a["time"], order=a["order"],
+                   plates=(), shape=(), dist="escape", reparam=False, execute=None,
+                   execution_of=None, base=w, via=a.get("via"))
+    for w, a in (worlds or {}).items():
+        for p in a["parents"]:
+            g.add_edge(p, w, mask=False, execute=False, reads=False)
     for i, s in enumerate(sites):
         g.add_node(s.name, role=s.role, coagent=s.coagent, time=s.time, order=i,
                    plates=s.plates, shape=tuple(s.fn.batch_shape), dist=type(s.fn).__name__,
@@ -60,7 +73,7 @@ def _execute(site):
 def validate(g):
     """Check the invariants every pass relies on; raise naming the offending node."""
     for n, a in g.nodes(data=True):
-        if a["role"] not in ROLES:
+        if a["role"] not in ROLES + ("escape",):
             raise ScgError(f"node {n!r} has unknown role {a['role']!r}")
         if a["role"] in COSTS and g.out_degree(n):
             raise ScgError(f"cost {n!r} has children: costs are sinks")

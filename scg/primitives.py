@@ -81,6 +81,17 @@ def _check_name(name):
                        "execution coagent)")
 
 
+def _check_coagent(label, where):
+    """User coagent labels: '@' and the '.exec' suffix are reserved (``m@3`` is a step,
+    ``a.exec`` the execution coagent scg inserts for unit ``a``)."""
+    if not isinstance(label, str) or not label:
+        raise ScgError(f"{where}: coagent must be a non-empty string, got {label!r}")
+    if "@" in label or label.endswith(".exec"):
+        raise ScgError(f"{where}: coagent name {label!r} is reserved ('@' marks a step, "
+                       "'NAME.exec' is the execution coagent scg inserts for an asynchronous "
+                       "unit NAME); choose another name")
+
+
 def message(name, fn, coagent=None, execute=None, init=None, reparam=False):
     """A coagent's stochastic output. Its value is detached unless ``reparam=True``.
 
@@ -93,6 +104,7 @@ def message(name, fn, coagent=None, execute=None, init=None, reparam=False):
     if coagent is None:
         raise ScgError(f"message {name!r} has no coagent: pass coagent='...' or build its "
                        "distribution with an @scg.coagent unit")
+    _check_coagent(coagent, f"message {name!r}")
     if reparam and not fn.has_rsample:
         raise ScgError(f"message {name!r}: reparam=True needs a reparameterisable distribution, "
                        f"{type(fn).__name__} is not")
@@ -116,6 +128,7 @@ def predict(name, fn, obs=None, coagent=None, weight=1.0):
     coagent = coagent or getattr(fn, "_scg_coagent", None)
     if coagent is None:
         raise ScgError(f"predict {name!r} has no coagent: pass coagent='...'")
+    _check_coagent(coagent, f"predict {name!r}")
     sample_site(name, fn, "predict", coagent, obs=obs, scg_weight=float(weight))
     return obs
 
@@ -130,7 +143,7 @@ def _value_site(name, value, role, coagent=None):
         raise ScgError(f"{role} {name!r} has shape {tuple(value.shape)}, but its plates imply "
                        f"batch shape {tuple(shape)}")
     fn = dist.Delta(value.expand(shape) if value.shape != shape else value, validate_args=False)
-    sample_site(name, fn, role, coagent, obs=value)
+    sample_site(name, fn, role, coagent, obs=value, scg_value_shape=tuple(value.shape))
     return value
 
 

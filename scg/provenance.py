@@ -1,166 +1,301 @@
-"""Provenance tracking with escape detection: which sites each site and cost depends on.
+"""Provenance tracking: which sites each site and cost was computed from, and where values
+left torch (design.md §3.2, §3.4).
 
-A :class:`Tracked` tensor carries the set of sites its value was computed from through every
-torch op (as ``pyro.ops.provenance``). An empty set is not a proof of independence: a value
-that leaves torch (``.item()``, ``int()``, ``bool()``, ``.tolist()``, numpy, an in-place write
-into an untracked tensor) can come back untracked. Such an *escape* is intercepted, and every
-later site and cost of the run is then treated as downstream of the escaped sites.
-Provenance entries are ``(trace_id, site)`` pairs: a tensor kept from an earlier analysis run
-(say, by an environment between calls) is detected and refused.
+An analysed run executes under :class:`Provenance`, a ``TorchFunctionMode``: it sees every
+torch operation of the run (tensor methods, functions, factories such as ``torch.tensor``) and
+keeps, in a side table keyed by *storage*, the set of sources each tensor's data was computed
+from. Keying by storage follows views and in-place writes (``buf[0] = m`` makes ``buf`` depend
+on ``m``, and so does every view of it). The user's program only ever holds plain tensors, so
+nothing tracked can leak into its state between runs.
+
+Escapes are decided by *allow-list*, not by a list of known leaks: an operation on tracked data
+whose result is not a tensor (``int(m)``, ``m.item()``, ``1 in m``, ``torch.equal``, ``f"{m}"``,
+pickling, numpy, storage or dlpack access, ...) is an escape unless it is a metadata query
+(shape, dtype, device, numel, ...). Operations whose output *shape* depends on the data
+(``nonzero``, ``unique``, boolean-mask indexing, ...) are escapes too, since the shape is a
+Python value. An in-place write into a sampled value is an error: its score would be taken at a
+value the run did not sample.
 """
 
-import itertools
+import os
+import sys
 
 import pyro
 import torch
-from pyro.poutine.runtime import _PYRO_STACK
-from torch.utils._pytree import tree_map
+from torch.overrides import TorchFunctionMode
 
 from .errors import ScgError
+from .guards import check_raw_sample
 from .trace import Record
 
-_ESCAPES = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.numpy, torch.Tensor.__bool__,
-            torch.Tensor.__int__, torch.Tensor.__float__, torch.Tensor.__index__,
-            torch.Tensor.__complex__, torch.Tensor.__array__}
-_NEUTRAL = {torch.Tensor.__repr__, torch.Tensor.__format__, torch.Tensor.__str__}
-_trace_ids = itertools.count()
+INPUT = "<inputs>"  # the source of the model's tensor arguments
 
-
-class Tracked(torch.Tensor):
-    """A tensor with a provenance set of ``(trace_id, site_name)`` pairs."""
-
-    @staticmethod
-    def __new__(cls, data, provenance):
-        if not provenance:
-            return data
-        ret = data.as_subclass(cls)
-        ret._t, ret._prov = data, frozenset(provenance)
-        return ret
-
-    @classmethod
-    def __torch_function__(cls, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        prov = provenance_of((args, kwargs))
-        plain_args, plain_kwargs = untrack((args, kwargs))
-        analysis = _current_analysis()
-        if analysis is not None:
-            analysis.observe(func, args, kwargs, prov)
-        ret = func(*plain_args, **plain_kwargs)
-        if func in _ESCAPES or func in _NEUTRAL:
-            return ret
-        if args and isinstance(args[0], Tracked) and _is_inplace(func):
-            args[0]._prov = args[0]._prov | prov
-            return args[0]
-        return track(ret, prov)
-
-
+METADATA = frozenset({
+    "__get__", "dim", "ndimension", "size", "numel", "nelement", "__len__", "stride",
+    "storage_offset", "element_size", "is_floating_point", "is_complex", "is_signed",
+    "is_contiguous", "get_device", "type", "is_pinned", "is_shared", "is_inference",
+    "has_names", "is_nonzero_size", "__dlpack_device__", "register_hook", "backward",
+    "_is_view", "is_set_to", "__hash__", "retain_grad", "__setstate__", "requires_grad_",
+    "_version", "is_coalesced", "dense_dim", "sparse_dim",
+})
+DATA_DEPENDENT_SHAPE = frozenset({
+    "nonzero", "argwhere", "unique", "unique_consecutive", "masked_select", "bincount",
+    "repeat_interleave", "_unique", "_unique2", "unique_dim", "nonzero_static_",
+})
 _INPLACE_DUNDERS = {f"__i{op}__" for op in (
     "add", "sub", "mul", "matmul", "truediv", "floordiv", "mod", "pow", "lshift", "rshift",
     "and", "xor", "or")} | {"__setitem__"}
+_NOT_WRITES = {"requires_grad_", "share_memory_", "retain_grad"}
 
 
-def _is_inplace(func):
-    """``x.add_(y)``, ``x += y``, ``x[i] = y``: ops that write into their first argument (not
-    ``__invert__``, ``__index__``, ...)."""
-    name = getattr(func, "__name__", "")
-    return name in _INPLACE_DUNDERS or (name.endswith("_") and not name.startswith("__"))
+def _name(func):
+    return getattr(func, "__name__", "")
 
 
-def provenance_of(x):
-    """The union of the provenance sets of the tensors in ``x`` (tensors nested in lists,
-    tuples and dicts, as a pytree). Walked directly: this runs on every tracked op, and
-    ``torch.utils._pytree`` costs more than the op."""
-    prov = frozenset()
-    stack = [x]
-    while stack:
-        y = stack.pop()
-        if isinstance(y, Tracked):
-            prov = prov | y._prov
-        elif isinstance(y, (list, tuple)):
-            stack.extend(y)
-        elif isinstance(y, dict):
-            stack.extend(y.values())
-    return prov
+def is_inplace(func, kwargs):
+    """``x.add_(y)``, ``x += y``, ``x[i] = y``, ``out=x``: ops that write into a tensor."""
+    name = _name(func)
+    return (name in _INPLACE_DUNDERS or isinstance(kwargs.get("out"), torch.Tensor)
+            or (name.endswith("_") and not name.startswith("_") and name not in _NOT_WRITES))
 
 
-def untrack(x):
-    """The same structure with plain tensors (plain lists, tuples and dicts walked directly,
-    anything else through pytree)."""
-    if isinstance(x, Tracked):
-        return x._t
-    kind = type(x)
-    if kind is tuple or kind is list:
-        return kind(untrack(y) for y in x)
-    if kind is dict:
-        return {k: untrack(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple, dict)):
-        return tree_map(lambda t: t._t if isinstance(t, Tracked) else t, x)
-    return x
+def _written(func, args, kwargs):
+    out = kwargs.get("out")
+    if isinstance(out, torch.Tensor):
+        return out
+    return args[0] if args and isinstance(args[0], torch.Tensor) else None
 
 
-def track(x, prov):
-    """Wrap every tensor in ``x`` (a tensor, or a pytree of them) with provenance ``prov``."""
+def _tensors(x, out):
+    """Append every tensor in ``x`` (nested lists, tuples, dicts) to ``out``."""
     if isinstance(x, torch.Tensor):
-        return Tracked(x, prov)
-    kind = type(x)
-    if kind is tuple or kind is list:
-        return kind(track(y, prov) for y in x)
-    return tree_map(lambda t: Tracked(t, prov) if isinstance(t, torch.Tensor) else t, x)
+        out.append(x)
+    elif isinstance(x, (list, tuple)):
+        for y in x:
+            _tensors(y, out)
+    elif isinstance(x, dict):
+        for y in x.values():
+            _tensors(y, out)
+    return out
 
 
-def _current_analysis():
-    for frame in reversed(_PYRO_STACK):
-        if isinstance(frame, Analysis):
-            return frame
-    return None
+def _only_tensors(x):
+    """Whether a result carries no Python values: a tensor, None, or containers of them."""
+    if x is None or isinstance(x, torch.Tensor):
+        return True
+    if isinstance(x, (list, tuple)) and not isinstance(x, torch.Size):
+        return all(_only_tensors(y) for y in x)
+    return False
+
+
+def _shape_from_data(func, args):
+    """Whether the op's output shape depends on the values of its inputs."""
+    name = _name(func)
+    if name in DATA_DEPENDENT_SHAPE or (func is torch.where and len(args) == 1):
+        return True
+    if name == "__getitem__" and len(args) > 1:
+        index = args[1] if isinstance(args[1], tuple) else (args[1],)
+        return any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8)
+                   for i in index)
+    return False
+
+
+_SCG = os.path.dirname(os.path.abspath(__file__))
+_LIBRARIES = (os.path.dirname(os.path.abspath(torch.__file__)),
+              os.path.dirname(os.path.abspath(pyro.__file__)))
+
+
+def _by_scg():
+    """Whether the operation being handled was issued by scg itself (its checks of a site's
+    arguments, say) rather than by the model: the nearest caller outside torch, Pyro and this
+    module is in scg's package. Looked up only when an escape happens."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        path = frame.f_code.co_filename
+        if not path.startswith(_LIBRARIES) and path != __file__:
+            return path.startswith(_SCG + os.sep)
+        frame = frame.f_back
+    return False
+
+
+def _key(t):
+    if t.numel() == 0:
+        return None
+    try:
+        return t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):
+        return ("id", id(t))
+
+
+class Provenance(TorchFunctionMode):
+    """The provenance side table of one analysed run.
+
+    ``table``: storage -> frozenset of source names (site names, or :data:`INPUT`).
+    ``sampled``: storage -> the site whose sampled value it holds (never written in place).
+    Tensors with provenance are kept alive for the run, so a storage address is never reused
+    by an unrelated tensor while the table refers to it. ``escape(names, func)`` is called for
+    every escape of tracked data (by the analysis; ``quiet`` suppresses it during scg's own
+    bookkeeping).
+    """
+
+    def __init__(self, escape):
+        super().__init__()
+        self.table, self.sampled, self.keep = {}, {}, []
+        self.escape = escape
+        self.quiet, self.busy = 0, False
+
+    def source(self, tensor, name, sampled=False):
+        """Make ``tensor``'s data a source named ``name`` (called from outside the mode). A
+        sampled value's provenance is its site alone: what its draw was computed from reaches
+        later readers through the site's own parents."""
+        self.busy = True
+        try:
+            k = _key(tensor)
+        finally:
+            self.busy = False
+        if k is None:
+            return
+        self.table[k] = frozenset({name}) if sampled else self.table.get(k, frozenset()) | {name}
+        self.keep.append(tensor)
+        if sampled:
+            self.sampled[k] = name
+
+    def of(self, x):
+        """The union of the provenance of every tensor in ``x`` (called from outside the mode)."""
+        self.busy = True
+        try:
+            return self._of(x)
+        finally:
+            self.busy = False
+
+    def plain(self, tensor):
+        """An untracked copy of ``tensor`` (what a distribution reads, without the data)."""
+        self.busy = True
+        try:
+            return tensor.clone()
+        finally:
+            self.busy = False
+
+    def _of(self, x, keys=None):
+        """The union of the provenance of the tensors in ``x``; their storages go to ``keys``."""
+        prov = frozenset()
+        for t in _tensors(x, []):
+            k = _key(t)
+            if keys is not None:
+                keys.add(k)
+            if k is not None and k in self.table:
+                prov = prov | self.table[k]
+        return prov
+
+    def _mark(self, ret, prov, inputs=()):
+        """Add ``prov`` to the storages of the tensors in ``ret``, except views of the inputs
+        (their data is the input's, whatever the other arguments: ``x.expand_as(y)``)."""
+        for t in _tensors(ret, []):
+            k = _key(t)
+            if k is not None and k not in inputs:
+                self.table[k] = self.table.get(k, frozenset()) | prov
+                self.keep.append(t)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if self.busy or not self.table:
+            return func(*args, **kwargs)
+        inputs = set()
+        prov = self._of((args, kwargs), inputs)
+        if is_inplace(func, kwargs):
+            target = _written(func, args, kwargs)
+            k = None if target is None else _key(target)
+            if k is not None and k in self.sampled and not self.quiet:
+                raise ScgError(f"in-place write ({_name(func)}) into the sampled value of site "
+                               f"{self.sampled[k]!r}: its score term would be taken at a value "
+                               "the run did not sample; write into a copy (m = m.clone())")
+        ret = func(*args, **kwargs)
+        if not prov:
+            return ret
+        if not self.quiet and (_shape_from_data(func, args) or not (
+                _only_tensors(ret) or _name(func) in METADATA)):
+            self.escape(prov, _name(func))
+        self._mark(ret, prov, inputs)
+        if is_inplace(func, kwargs):
+            target = _written(func, args, kwargs)
+            if target is not None:
+                self._mark(target, prov)
+        return ret
+
+
+class _quiet:
+    def __init__(self, mode):
+        self.mode = mode
+
+    def __enter__(self):
+        self.mode.quiet += 1
+
+    def __exit__(self, *exc):
+        self.mode.quiet -= 1
 
 
 class Analysis(Record):
-    """Replay a run with provenance tracking; record each site's parents.
+    """Run (or replay) a run under provenance tracking; record each site's parents.
 
-    ``parents[name]`` is the set of site names it reads (for a site, through its
-    distribution's parameters; for a cost, through its value), the provenance of its mask (an
-    execution bit, a done mask), and every site whose value escaped before it; ``masks[name]``
-    is the part that reached it through the mask, ``bits[name]`` through its execution bit,
-    ``reads[name]`` through its distribution's parameters (or a cost's value) only: not a
-    predictor's observed data, not its mask.
+    ``parents[name]`` is the set of nodes it depends on: the sites its distribution's
+    parameters (a cost: its value; a predictor: also its observed data) and its mask were
+    computed from, and the *escape node* current when it was emitted. ``masks[name]``,
+    ``bits[name]`` and ``reads[name]`` are the parts that reached it through its mask (an
+    execution bit, a done mask), its execution bit, and its distribution's parameters (a
+    cost's value) only.
+
+    Escape nodes stand for the world outside torch: when tracked values escape (``int(a)``
+    fed to an environment), a node ``escape.k`` is created whose parents are the escaped sites
+    and the previous escape node; every later site and cost reads the current one. That keeps
+    the conservative rule of design.md §3.2 (after a value escapes, everything later in the run
+    is downstream of it) linear in size. ``worlds[name]`` holds each escape node's step, its
+    place in execution order and its parents. ``escaped`` is every source that escaped
+    (sites, and :data:`INPUT` when a model argument's value did).
+
+    ``replay`` (site name -> value) replays a recorded run; without it the run samples afresh.
+    ``inputs`` are the model's arguments: their tensors are the source :data:`INPUT`.
     """
 
-    def __init__(self, replay):
+    def __init__(self, replay=None, inputs=()):
         super().__init__()
-        self.id = next(_trace_ids)
-        self.replay = replay
-        self.parents = {}
-        self.masks = {}  # name -> sites its mask (execution bit, done) was computed from
-        self.bits = {}   # name -> sites its execution bit was computed from
-        self.reads = {}  # name -> sites its distribution (a cost: its value) read as data
-        self.escaped = set()
-        self.internal = False
+        self.replay = replay or {}
+        self.inputs = inputs
+        self.parents, self.masks, self.bits, self.reads = {}, {}, {}, {}
+        self.escaped, self.worlds = set(), {}
+        self.world, self.world_read, self.time = None, False, 0
+        self.mode = Provenance(self.on_escape)
 
-    def observe(self, func, args, kwargs, prov):
-        """Called on every op over tracked tensors: check staleness, record escapes."""
-        stale = {name for tid, name in prov if tid != self.id}
-        if stale:
-            raise ScgError(f"a tensor tracked in an earlier run (from site(s) {sorted(stale)}) "
-                           "was kept between runs: store plain values (e.g. .clone() outside "
-                           "the model) or pass state in as arguments")
-        if self.internal:
+    def on_escape(self, prov, func):
+        if _by_scg():
             return
-        target = args[0] if args else None
-        escapes = func in _ESCAPES or (
-            _is_inplace(func) and not isinstance(target, Tracked) and prov) or (
-            isinstance(kwargs.get("out"), torch.Tensor) and not isinstance(kwargs["out"], Tracked))
-        if escapes:
-            self.escaped |= {name for _, name in prov}
+        new = set(prov) - self.escaped
+        self.escaped |= new
+        new.discard(INPUT)
+        if not new:
+            return
+        if self.world is not None and not self.world_read:
+            self.worlds[self.world]["parents"] |= new
+            return
+        name = f"escape.{len(self.worlds) + 1}"
+        parents = new | ({self.world} if self.world is not None else set())
+        self.worlds[name] = {"time": self.time, "order": len(self.sites) - 0.5 +
+                             len(self.worlds) * 1e-6, "parents": parents, "via": func}
+        self.world, self.world_read = name, False
 
     def __enter__(self):
         self._validation = pyro.validation_enabled(False)
         self._validation.__enter__()
+        self.mode.__enter__()
+        for t in _tensors(self.inputs, []):
+            self.mode.source(t, INPUT)
         return super().__enter__()
 
     def __exit__(self, *exc):
         out = super().__exit__(*exc)
+        self.mode.__exit__(*exc)
         self._validation.__exit__(*exc)
+        self.mode.table.clear()
+        self.mode.keep.clear()
         return out
 
     def _pyro_sample(self, msg):
@@ -171,27 +306,32 @@ class Analysis(Record):
 
     def _postprocess_message(self, msg):
         infer = msg["infer"]
+        if msg["type"] == "sample" and "scg_role" not in infer:
+            with _quiet(self.mode):
+                check_raw_sample(msg)
         if msg["type"] != "sample" or "scg_role" not in infer:
             return
         super()._postprocess_message(msg)
-        self.internal = True
+        self.mode.quiet += 1
         try:
             if infer["scg_role"] in ("message", "env", "predict"):
-                value = untrack(msg["value"])
-                reads = provenance_of(msg["fn"].log_prob(value))
-                prov = reads | (provenance_of(msg["value"]) if infer["scg_role"] == "predict"
+                reads = self.mode.of(msg["fn"].log_prob(self.mode.plain(msg["value"])))
+                prov = reads | (self.mode.of(msg["value"]) if infer["scg_role"] == "predict"
                                 else frozenset())
             else:
-                prov = reads = provenance_of(msg["value"])
-            masked_by = provenance_of(msg["mask"])
-            bit_from = provenance_of(infer.get("scg_bit"))
+                prov = reads = self.mode.of(msg["value"])
+            masked_by = self.mode.of(msg["mask"])
+            bit_from = self.mode.of(infer.get("scg_bit"))
         finally:
-            self.internal = False
+            self.mode.quiet -= 1
         name = msg["name"]
-        self.masks[name] = {n for _, n in masked_by}
-        self.bits[name] = {n for _, n in bit_from}
-        self.reads[name] = {n for _, n in reads}
-        prov |= masked_by
-        self.parents[name] = {n for _, n in prov} | self.escaped
+        self.time = infer["scg_time"]
+        self.masks[name] = set(masked_by) - {INPUT}
+        self.bits[name] = set(bit_from) - {INPUT}
+        self.reads[name] = set(reads) - {INPUT}
+        self.parents[name] = set(prov | masked_by) - {INPUT}
+        if self.world is not None:
+            self.parents[name].add(self.world)
+            self.world_read = True
         if infer["scg_role"] in ("message", "env"):
-            msg["value"] = Tracked(untrack(msg["value"]), {(self.id, name)})
+            self.mode.source(msg["value"], name, sampled=True)

@@ -6,7 +6,8 @@ use it without the ``dot`` binary; :func:`to_graphviz` only draws it.
 Conventions (Pyro's plate notation, plus roles and time):
 
 * roles by shape: message ellipse, execution bit small circle, environment draw diamond,
-  reward box, cost dashed box, value hexagon; a predictor is shaded (its data is observed);
+  reward box, cost dashed box, value hexagon, escape node (values left torch there, e.g. for
+  an environment) dashed octagon; a predictor is shaded (its data is observed);
 * one cluster per coagent (rounded, labelled), nested inside the plates its sites live in;
   plates are boxes labelled with their name and size, as in ``pyro.render_model``;
 * time: the *rolled* view has one node per site name and draws reads of earlier steps as
@@ -29,6 +30,7 @@ STYLE = {
     "reward": {"shape": "box"},
     "cost": {"shape": "box", "style": "dashed"},
     "value": {"shape": "hexagon"},
+    "escape": {"shape": "octagon", "style": "dashed", "fontsize": "10"},
 }
 CREDIT = {"style": "dotted", "color": "red", "constraint": "false"}
 
@@ -51,7 +53,8 @@ def spec(g, credited=None):
     for n, a in sorted(g.nodes(data=True), key=lambda x: x[1]["order"]):
         k = kind(a)
         ps = tuple(p[0] for p in a.get("plates") or ())
-        label = n + ("\n(observed)" if k == "predict" else "")
+        label = n + ("\n(observed)" if k == "predict" else "") + (
+            f"\n(left torch: {a['via']})" if k == "escape" and a.get("via") else "")
         nodes.append({"name": n, "role": a["role"], "kind": k, "coagent": a["coagent"],
                       "plates": ps, "label": label, "filled": k == "predict",
                       "attrs": dict(STYLE[k])})

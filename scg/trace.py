@@ -25,6 +25,8 @@ class Site:
         mask: bool mask from ``scg.done`` (None if none).
         plates: tuple of (name, dim, size, kind).
         infer: the site's infer dict (weight, reparam, ...).
+        version: the value's version counter when it was recorded (an in-place write into a
+            sampled value after that is an error: :meth:`check_unchanged`).
     """
 
     name: str
@@ -36,6 +38,16 @@ class Site:
     mask: object
     plates: tuple
     infer: dict
+    version: int = 0
+
+    def check_unchanged(self):
+        """Raise if the sampled value was written in place after it was drawn: its score term
+        would be taken at a value the run did not sample (design.md §3.4)."""
+        if self.value._version != self.version:
+            raise ScgError(f"{self.role} {self.name!r} (step {self.time}): its sampled value was "
+                           "written in place after it was drawn, so its score term would be "
+                           "taken at a value the run did not sample; write into a copy "
+                           "(m = m.clone())")
 
     @property
     def key(self):
@@ -70,8 +82,10 @@ class Record(Messenger):
     @staticmethod
     def site(msg):
         infer = msg["infer"]
+        value = msg["value"]
         return Site(msg["name"], infer["scg_role"], infer["scg_coagent"], infer["scg_time"],
-                    msg["fn"], msg["value"], msg["mask"], infer["scg_plates"], infer)
+                    msg["fn"], value, msg["mask"], infer["scg_plates"], infer,
+                    getattr(value, "_version", 0))
 
 
 FAST_FRAMES.add(Record)
@@ -99,9 +113,10 @@ class Fix(Messenger):
             self.missing(msg)
 
 
-def run(model, args, kwargs, *handlers):
-    """Run ``model`` under ``handlers`` (outermost first) and a :class:`Record`; return sites."""
-    record = Record()
+def run(model, args, kwargs, *handlers, record=None):
+    """Run ``model`` under ``handlers`` (outermost first) and ``record`` (a new
+    :class:`Record` if None, outermost of all); return its sites and the model's value."""
+    record = Record() if record is None else record
     fn = model
     for h in reversed(handlers):
         fn = h(fn) if not isinstance(h, Messenger) else _wrap(h, fn)
