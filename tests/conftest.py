@@ -1,6 +1,12 @@
+import os
+
 import pyro
 import pytest
 import torch
+
+# The whole suite runs in verify mode: every run is analysed afresh and an estimator raises
+# where its cached plan would differ from the run's own data flow (design.md §3.4).
+os.environ.setdefault("SCG_VERIFY", "1")
 
 
 @pytest.fixture(autouse=True)
