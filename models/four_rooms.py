@@ -165,13 +165,14 @@ class FourRooms:
         return torch.multinomial(self.P[s, a], 1, generator=generator).squeeze(1)
 
     def _check_states(self, s):
-        if not isinstance(s, torch.Tensor) or s.dtype != torch.long or s.dim() != 1:
-            raise scg.ScgError(f"states must be a 1-d LongTensor [episodes], got "
-                               f"{getattr(s, 'dtype', type(s).__name__)} of shape "
-                               f"{tuple(getattr(s, 'shape', ()))}")
-        if len(s) and (s.min() < 0 or s.max() >= self.S):
-            raise scg.ScgError(f"states must lie in [0, {self.S}), got values in "
-                               f"[{int(s.min())}, {int(s.max())}]")
+        with scg.validation():   # checks only: values read here decide nothing else
+            if not isinstance(s, torch.Tensor) or s.dtype != torch.long or s.dim() != 1:
+                raise scg.ScgError(f"states must be a 1-d LongTensor [episodes], got "
+                                   f"{getattr(s, 'dtype', type(s).__name__)} of shape "
+                                   f"{tuple(getattr(s, 'shape', ()))}")
+            if len(s) and (s.min() < 0 or s.max() >= self.S):
+                raise scg.ScgError(f"states must lie in [0, {self.S}), got values in "
+                                   f"[{int(s.min())}, {int(s.max())}]")
 
     def optimum(self, goal=None):
         """Optimal expected steps to ``goal`` from the start distribution (uniform over the

@@ -59,15 +59,16 @@ class OptionCritic:
 
     def check_inputs(self, s0, goal, run):
         """``s0``, ``goal``, ``run``: LongTensors [N] of start states, goals and run indices."""
-        self.world._check_states(s0)
-        for name, x, hi in (("goal", goal, self.world.S), ("run", run, self.runs)):
-            if not isinstance(x, torch.Tensor) or x.dtype != torch.long or x.shape != s0.shape:
-                raise scg.ScgError(f"{name} must be a LongTensor of shape {tuple(s0.shape)} "
-                                   f"(one per episode), got "
-                                   f"{getattr(x, 'dtype', type(x).__name__)} "
-                                   f"{tuple(getattr(x, 'shape', ()))}")
-            if len(x) and (x.min() < 0 or x.max() >= hi):
-                raise scg.ScgError(f"{name} values must lie in [0, {hi})")
+        with scg.validation():   # checks only: values read here decide nothing else
+            self.world._check_states(s0)
+            for name, x, hi in (("goal", goal, self.world.S), ("run", run, self.runs)):
+                if not isinstance(x, torch.Tensor) or x.dtype != torch.long or x.shape != s0.shape:
+                    raise scg.ScgError(f"{name} must be a LongTensor of shape {tuple(s0.shape)} "
+                                       f"(one per episode), got "
+                                       f"{getattr(x, 'dtype', type(x).__name__)} "
+                                       f"{tuple(getattr(x, 'shape', ()))}")
+                if len(x) and (x.min() < 0 or x.max() >= hi):
+                    raise scg.ScgError(f"{name} values must lie in [0, {hi})")
 
     def episodes(self):
         """The episodic network ``model(s0, goal, run, horizon=None)``: one episode per element

@@ -22,9 +22,10 @@ from .primitives import (
     steps,
     value,
 )
+from .provenance import validation
 from .rendering import render
 from .training import Trainer, train
 
 __all__ = ["agents", "check", "coagent", "compile", "cost", "derive", "done", "env", "episodes",
            "Estimator", "message", "network", "Output", "predict", "render", "reward",
-           "ScgError", "steps", "Trainer", "train", "value", "zoo"]
+           "ScgError", "steps", "Trainer", "train", "validation", "value", "zoo"]

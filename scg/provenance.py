@@ -22,10 +22,13 @@ import sys
 
 import pyro
 import torch
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.runtime import _PYRO_STACK
 from torch.overrides import TorchFunctionMode
 
 from .errors import ScgError
 from .guards import check_raw_sample
+from .runtime import FAST_FRAMES
 from .trace import Record
 
 INPUT = "<inputs>"  # the source of the model's tensor arguments
@@ -98,6 +101,27 @@ def _shape_from_data(func, args):
         return any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8)
                    for i in index)
     return False
+
+
+class validation(Messenger):
+    """``with scg.validation():`` marks a block that only *checks* values (of the model's
+    inputs, say) and raises if they are bad. Values that leave torch inside it are not escapes:
+    they decide whether the run fails, not what it computes. Do not branch on them otherwise:
+    that is exactly the data flow an escape stands for.
+
+    Example::
+
+        with scg.validation():
+            if s.min() < 0:
+                raise ValueError("states must be non-negative")
+    """
+
+
+FAST_FRAMES.add(validation)
+
+
+def _validating():
+    return any(isinstance(f, validation) for f in _PYRO_STACK)
 
 
 _SCG = os.path.dirname(os.path.abspath(__file__))
@@ -266,7 +290,7 @@ class Analysis(Record):
         self.mode = Provenance(self.on_escape)
 
     def on_escape(self, prov, func):
-        if _by_scg():
+        if _validating() or _by_scg():
             return
         new = set(prov) - self.escaped
         self.escaped |= new

@@ -211,3 +211,29 @@ def test_env_site_with_parameters_is_named():
 
     with pytest.raises(scg.ScgError, match="env site 'noise'.*no gradient"):
         scg.compile(model)()
+
+
+def test_validation_blocks_are_not_escapes():
+    """Checking an input and raising is not data flow: inside scg.validation() the model stays
+    static; the same check outside it makes the estimator dynamic (a value left torch)."""
+    f = lin(1, 1)
+
+    def network(validated):
+        @scg.network
+        def model(s):
+            if validated:
+                with scg.validation():
+                    if s.min() < 0:
+                        raise ValueError("negative state")
+            elif s.min() < 0:
+                raise ValueError("negative state")
+            with scg.episodes(2):
+                m = scg.message("m", dist.Bernoulli(logits=f(s[:, None]).squeeze(-1)),
+                                coagent="f")
+                scg.reward("r", m)
+        return model
+
+    for validated in (True, False):
+        est = scg.compile(network(validated), verify=False)
+        est(torch.zeros(2))
+        assert est.dynamic is not validated
