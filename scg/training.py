@@ -208,8 +208,7 @@ class Trainer:
         if self.est.td is None:
             self.est.run(args, {}, update=False)
         else:
-            sites, _ = self.est.trace(args, {})
-            self.est.plan_for(sites, args, {})
+            self.est.traced(args, {})   # one (analysed) run and its plan, no TD window
 
     def _critic(self):
         """The ``scg.value`` sites' parameters that no coagent owns (the online critic; the
