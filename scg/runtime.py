@@ -30,7 +30,15 @@ class RunContext(Messenger):
 
     ``t`` is the current step (0 before and during the first step; sites after an
     ``scg.steps`` loop keep the time of its last step). Inside a steps loop, site ``name``
-    becomes ``name@t``. ``done`` is the accumulated per-episode termination mask.
+    becomes ``name@t``. ``done`` is the accumulated per-episode termination mask (every
+    ``scg.done`` call so far, True = finished).
+
+    When a call takes effect (:func:`scg.done`): a finished episode's *sites* (messages, env)
+    emitted after the call are masked at once; its *costs* (rewards, costs, predictors, value
+    sites) from its next site on, or from the next step (or the end of the steps loop), whichever
+    comes first. So the costs that close the ending step, such as the reward ``env.step``
+    returned with ``terminated``, count even when emitted after the call, and no cost that
+    counts can read a masked site (a cost reads only values made before it).
     """
 
     def __init__(self):
@@ -38,8 +46,28 @@ class RunContext(Messenger):
         self.t = 0
         self.in_steps = False
         self.steps_used = False
-        self.done = None  # bool tensor, broadcastable to the episodes plate, True = finished
+        self._done = None     # bool, broadcastable to the episodes plate: every call so far
+        self._costs = None    # the part of it in effect for costs
+        self._pending = None  # (t, in_steps) of calls not yet in effect for costs, or None
         self.previous = {}  # asynchronous unit's base name -> its last output
+
+    @property
+    def done(self):
+        """The accumulated termination mask: every ``scg.done`` call so far (None before);
+        in effect for sites emitted now."""
+        return self._done
+
+    @done.setter
+    def done(self, mask):
+        self.cost_mask()              # calls of an earlier step are in effect for costs now
+        self._done = mask
+        self._pending = (self.t, self.in_steps)
+
+    def cost_mask(self):
+        """The termination mask in effect for a cost emitted now (see the class docstring)."""
+        if self._pending is not None and self._pending != (self.t, self.in_steps):
+            self._costs, self._pending = self._done, None
+        return self._costs
 
     def _process_message(self, msg):
         infer = msg["infer"]
@@ -49,8 +77,13 @@ class RunContext(Messenger):
         infer["scg_time"] = self.t
         if self.in_steps:
             msg["name"] = f"{msg['name']}@{self.t}"
-        if self.done is not None:
-            alive = ~self.done
+        if infer["scg_role"] in ("message", "env"):
+            done = self._done
+            self._costs, self._pending = self._done, None   # a site ends the ending step
+        else:
+            done = self.cost_mask()
+        if done is not None:
+            alive = ~done
             msg["mask"] = alive if msg["mask"] is None else msg["mask"] & alive
 
 
