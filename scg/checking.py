@@ -1,25 +1,48 @@
-"""``scg.check``: the estimator against the exact gradient.
+"""``scg.check``: the estimator against an oracle that does not use it.
 
-Enumeration (discrete, few sites): J(theta) = sum_tau p(tau) R(tau) over every joint value of
+The oracle derives J(theta) from each run's recorded sites with its own code
+(:func:`objective`: discounted, plate-scaled, masked costs; design.md section 2), never from the
+estimator's plan or ``out.objective``. The estimator is called as a user calls it, once per run.
+
+Enumeration (discrete, few sites): J(theta) = sum_tau p(tau) J(tau) over every joint value of
 the latent sites, set through :class:`~scg.trace.Fix` (latent, not observed); autograd gives the
-exact grad J, and sum_tau p(tau) grad(-loss(tau)) is the estimator's expectation. Baselines are
-frozen. The two must agree to float precision. Otherwise, central finite differences of a Monte
-Carlo estimate of J (common random numbers) along random directions, against the Monte Carlo
-mean of the estimator.
+exact grad J over every parameter J reaches (found by walking its autograd graph), and
+sum_tau p(tau) grad(-loss(tau)) is the estimator's expectation. Baselines are frozen. The two
+must agree to float precision. A parameter J reaches that the estimator does not train, or an
+exact gradient of zero (a comparison any estimator passes), is not OK.
+
+Otherwise, finite differences: per run (its own seed and, per site, its own uniforms through
+the inverse CDF, the same for theta + eps u and theta - eps u: common random numbers) the
+central difference of J(tau) along random unit directions u, against the estimator's per-run
+gradient projected on u; a two-sided test per direction on the means, with standard errors
+from the spread over runs and a Bonferroni correction over directions.
 """
 
 import itertools
 import math
+import random
+import zlib
 from dataclasses import dataclass, field
+from statistics import NormalDist
 
+import numpy as np
+import pyro
 import torch
+from pyro.distributions.torch_distribution import ExpandedDistribution, MaskedDistribution
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.trace_messenger import TraceMessenger
+from pyro.poutine.util import site_is_subsample
 
 from .errors import ScgError
 from .estimator import Estimator, compile
 from .trace import Fix, run
 
 LATENT = ("message", "env")
+COSTS = ("reward", "cost", "predict")
 ZERO = 1e-6  # a coagent's exact gradient below ZERO * |total gradient| counts as zero
+# The exact total gradient counts as zero (the comparison is vacuous) below this norm.
+VACUOUS = {torch.float64: 1e-10, torch.float32: 1e-6}
+WRAPPERS = (torch.distributions.Independent, MaskedDistribution, ExpandedDistribution)
 
 
 @dataclass
@@ -34,7 +57,15 @@ class Row:
 
 @dataclass
 class Report:
-    """Per-coagent and total agreement; ``ok`` when every relative error is within ``tol``."""
+    """Per-coagent and total agreement. ``status`` is "OK", "MISMATCH" or "VACUOUS"; ``ok`` is
+    ``status == "OK"``.
+
+    Enumeration: OK when every row is within ``tol`` relative (or ``atol`` absolute) error, the
+    exact gradient is not zero (``vacuous``) and no parameter that J reaches is missing from the
+    estimator (``problems``). Finite differences: OK when every direction's ``|z|`` is at most
+    ``z_max`` (``fd`` holds the per-direction numbers), the finite-difference gradient is
+    distinguishable from zero in some direction, and there are no ``problems``.
+    """
 
     method: str
     rows: list
@@ -45,40 +76,80 @@ class Report:
     notes: list = field(default_factory=list)
     exact: object = None      # the total exact gradient (enumeration) or FD derivatives
     estimate: object = None   # the estimator's expectation, same layout
+    vacuous: bool = False     # the exact gradient is zero: any estimator would agree
+    problems: list = field(default_factory=list)  # failures found outside the comparison
+    fd: dict = field(default_factory=dict)        # fd: z, se_fd, se_mc, z_max, confidence
+    space: int = 0            # enumeration: joint values spanned by the recorded run's sites
+
+    @property
+    def agree(self):
+        """The numerical comparison alone: every row within tolerance (enumeration), every
+        direction's |z| within ``z_max`` (finite differences)."""
+        if self.method == "fd":
+            return bool((self.fd["z"] <= self.fd["z_max"]).all())
+        return all(r.rel_error <= self.tol or r.abs_error <= self.atol for r in self.rows)
+
+    @property
+    def status(self):
+        if self.problems:
+            return "MISMATCH"
+        if self.vacuous:
+            return "VACUOUS"
+        return "OK" if self.agree else "MISMATCH"
 
     @property
     def ok(self):
-        """Every row within ``tol`` relative error, or within ``atol`` absolutely (a gradient
-        that is zero, as by symmetry, has only rounding noise to compare)."""
-        return all(r.rel_error <= self.tol or r.abs_error <= self.atol for r in self.rows)
+        """The estimator passed: agreement, a non-zero exact gradient, no uncredited
+        parameter."""
+        return self.status == "OK"
 
     def row(self, name):
         return next(r for r in self.rows if r.name == name)
 
     def __str__(self):
-        head = (f"scg.check ({self.method}, {self.size} joint values, {self.dtype}, "
-                f"tol {self.tol:g} relative or {self.atol:g} absolute): "
-                f"{'OK' if self.ok else 'MISMATCH'}")
+        if self.method == "fd":
+            f = self.fd
+            head = (f"scg.check (fd, {self.size} samples, {f['directions']} directions, "
+                    f"{self.dtype}, two-sided z test at {f['confidence']:.0%} confidence, "
+                    f"Bonferroni over {f['directions']} directions: |z| <= {f['z_max']:.3g}): "
+                    f"{self.status}")
+        else:
+            head = (f"scg.check (enumerate, {self.size} joint values, {self.dtype}, "
+                    f"tol {self.tol:g} relative or {self.atol:g} absolute): {self.status}")
         lines = [head, f"{'coagent':<16}{'cosine':>10}{'rel error':>12}{'|exact|':>12}"
                        f"{'|estimate|':>12}"]
         lines += [f"{r.name:<16}{r.cosine:>10.6f}{r.rel_error:>12.3g}{r.norm_exact:>12.4g}"
                   f"{r.norm_estimate:>12.4g}" for r in self.rows]
+        if self.method == "fd":
+            f = self.fd
+            lines.append(f"{'direction':<16}{'fd':>12}{'estimate':>12}{'se(fd)':>12}"
+                         f"{'se(est)':>12}{'z':>8}")
+            for j in range(f["directions"]):
+                lines.append(f"{j:<16}{self.exact[j].item():>12.4g}"
+                             f"{self.estimate[j].item():>12.4g}{f['se_fd'][j].item():>12.3g}"
+                             f"{f['se_mc'][j].item():>12.3g}{f['z'][j].item():>8.2f}")
         return "\n".join(lines + self.notes)
 
 
-def check(model, *args, method="auto", max_size=4096, samples=2000, directions=8, eps=1e-3,
-          est=None, **options):
+def check(model, *args, method="auto", max_size=4096, samples=2000, directions=8, eps=1e-2,
+          est=None, confidence=0.99, seed=0, **options):
     """Check the estimator of ``model(*args)``; returns a :class:`Report` (prints as a table).
 
     ``method``: "enumerate", "fd" or "auto" (enumerate when every latent site is discrete and
-    the joint space has at most ``max_size`` values). ``options`` go to ``scg.compile``.
+    the joint space has at most ``max_size`` values). ``samples``, ``directions``, ``eps``,
+    ``confidence`` and ``seed`` are the finite-difference test's. ``options`` go to
+    ``scg.compile``.
     """
     if method not in ("auto", "enumerate", "fd"):
         raise ScgError(f"unknown method {method!r}; valid: ['auto', 'enumerate', 'fd']")
     est = est if est is not None else compile(model, **options)
-    sites, _ = run(est.model, args, {})
-    est.plan_for(sites, args, {})
+    tracer = TraceMessenger()
+    sites, _ = run(model, args, {}, tracer)   # a plain recorded run: sizes the space
+    raw = raw_sites(tracer.trace)
     size, why = space_size(sites)
+    if why is None and raw:
+        size, why = math.inf, (f"pyro.sample site {raw[0]['name']!r} is not an scg site "
+                               "(use scg.env or scg.message for it)")
     if method == "auto":
         method = "enumerate" if why is None and size <= max_size else "fd"
     if method == "enumerate":
@@ -87,21 +158,92 @@ def check(model, *args, method="auto", max_size=4096, samples=2000, directions=8
         if size > max_size:
             raise ScgError(f"the joint space has {size} values (> max_size={max_size}); raise "
                            "max_size or use method='fd'")
-        return enumerate_check(est, args)
-    return fd_check(est, args, samples, directions, eps)
+        return enumerate_check(est, args, space=size, model=model)
+    return fd_check(est, args, samples, directions, eps, seed=seed, confidence=confidence,
+                    raw=raw, first=sites, model=model)
+
+
+# ---- the objective, from the sites alone ---------------------------------------------------
+def cost_value(site):
+    """A cost site's masked value: ``fn.v`` of a reward or cost (expanded to its batch shape),
+    ``weight * log q(obs)`` of a predictor; 0 where ``mask`` is False."""
+    if site.role == "predict":
+        v = site.infer["scg_weight"] * site.fn.log_prob(site.value)
+    else:
+        v = site.fn.v.expand(site.fn.batch_shape)
+        if not v.is_floating_point():
+            v = v.to(torch.get_default_dtype())
+    return v if site.mask is None else torch.where(site.mask, v, v.new_zeros(()))
+
+
+def objective(sites, gamma=1.0, kind="sum"):
+    """J(tau) of one run, computed from its sites:
+
+        J(tau) = sum_c gamma^(t_c) * scale_c * sum(masked value_c)
+
+    over the cost sites c (rewards, costs, predictors), where ``scale_c`` is 1 / (the product of
+    the sizes of the site's ``scg.episodes`` plates) and, for ``kind="mean"``, also 1 / T with
+    T = 1 + the largest site time. Independent of the estimator's plan."""
+    per_step = 1.0
+    if kind == "mean" and sites:
+        per_step = 1.0 / (1 + max(s.time for s in sites))
+    total = 0.0
+    for s in sites:
+        if s.role not in COSTS:
+            continue
+        n = 1
+        for _name, _dim, size, plate_kind in s.plates:
+            if plate_kind == "episodes":
+                n *= size
+        total = total + (float(gamma) ** s.time * per_step / n) * cost_value(s).sum()
+    return total
+
+
+def log_prob(sites):
+    """log p(tau) of one run: every latent site's masked log-probability."""
+    total = 0.0
+    for s in sites:
+        if s.role in LATENT:
+            lp = s.fn.log_prob(s.value.detach())
+            total = total + (lp if s.mask is None else torch.where(s.mask, lp, 0.0)).sum()
+    return total
+
+
+def raw_sites(trace):
+    """Latent ``pyro.sample`` sites of a trace that are not scg sites (neither enumerated nor
+    credited)."""
+    return [n for n in trace.nodes.values() if n["type"] == "sample" and not n["is_observed"]
+            and "scg_role" not in n["infer"] and not site_is_subsample(n)]
+
+
+# ---- enumeration -------------------------------------------------------------------------
+def enumerable(fn):
+    """The distribution whose support enumerates ``fn`` element by element, or None: ``fn``
+    itself, or its base through ``Independent`` (``.to_event``), masking and expansion, whose
+    ``batch_shape + event_shape`` is ``fn``'s value shape."""
+    d = fn
+    while not d.has_enumerate_support:
+        if not isinstance(d, WRAPPERS):
+            return None
+        d = d.base_dist
+    if d.batch_shape + d.event_shape != fn.batch_shape + fn.event_shape:
+        return None
+    return d
 
 
 def space_size(sites):
-    """Number of joint values of the latent sites, and why it cannot be enumerated (or None)."""
+    """Number of joint values of the latent sites, and why it cannot be enumerated (or None).
+    A site with event dimensions (``to_event``) counts K^(batch elements x event elements)."""
     size = 1
     for s in sites:
         if s.role == "message" and s.infer.get("scg_reparam"):
             return math.inf, f"message {s.name!r} is reparameterised (continuous)"
         if s.role in LATENT:
-            if not s.fn.has_enumerate_support:
+            d = enumerable(s.fn)
+            if d is None:
                 return math.inf, f"site {s.name!r} ({type(s.fn).__name__}) is continuous"
-            k = s.fn.enumerate_support(expand=False).shape[0]
-            size *= k ** s.fn.batch_shape.numel()
+            k = d.enumerate_support(expand=False).shape[0]
+            size *= k ** d.batch_shape.numel()
     return size, None
 
 
@@ -115,56 +257,80 @@ def _raise(msg):
     raise _Branch(msg)
 
 
-def trajectories(est: Estimator, args):
-    """Every joint value of the latent sites, as (Output, sites) of the run it fixes."""
+def joint_values(model, args):
+    """Every joint value of the latent sites of ``model(*args)``, depth first, as ``(values,
+    sites)``: the values set (site name -> value) and the sites of check's own recorded run
+    with them (no estimator involved). A run that reaches a latent site without a value stops
+    and branches over the site's support, element by element; a masked element has one branch."""
     stack = [{}]
     while stack:
         values = stack.pop()
         try:
-            out = est.run(args, {}, Fix(values, _raise), update=False)
+            sites, _ = run(model, args, {}, Fix(values, _raise))
         except _Branch as b:
-            fn, name = b.msg["fn"], b.msg["name"]
-            if not fn.has_enumerate_support:
-                raise ScgError(f"cannot enumerate continuous site {name!r}") from None
-            support = fn.enumerate_support(expand=True)
-            K, batch = support.shape[0], fn.batch_shape
-            flat = support.reshape((K, batch.numel()) + support.shape[1 + len(batch):])
-            cols = torch.arange(batch.numel())
-            mask = b.msg["mask"]
-            alive = [True] * batch.numel() if mask is None else \
-                mask.expand(batch).flatten().tolist()
-            # a masked (finished) element is counted once, not once per possible value
-            choices = [range(K) if a else range(1) for a in alive]
-            for combo in itertools.product(*choices):
-                v = flat[torch.tensor(combo), cols].reshape(support.shape[1:])
-                stack.append({**values, name: v})
+            stack.extend(_branches(values, b.msg))
             continue
-        yield out
+        yield values, sites
 
 
-def log_prob(sites):
-    """log p(tau) of one run: every latent site's masked log-probability."""
-    total = 0.0
-    for s in sites:
-        if s.role in LATENT:
-            lp = s.fn.log_prob(s.value.detach())
-            total = total + (lp if s.mask is None else torch.where(s.mask, lp, 0.0)).sum()
-    return total
+def _branches(values, msg):
+    fn, name = msg["fn"], msg["name"]
+    d = enumerable(fn)
+    if d is None:
+        raise ScgError(f"cannot enumerate continuous site {name!r}") from None
+    support = d.enumerate_support(expand=True)
+    K, elems = support.shape[0], d.batch_shape
+    flat = support.reshape((K, elems.numel()) + support.shape[1 + len(elems):])
+    cols = torch.arange(elems.numel())
+    mask = msg["mask"]
+    if mask is None:
+        alive = [True] * elems.numel()
+    else:  # per batch element of fn, repeated over its event elements
+        batch = fn.batch_shape
+        m = mask.expand(batch).reshape(batch + (1,) * (len(elems) - len(batch)))
+        alive = m.expand(elems).flatten().tolist()
+    # a masked (finished) element is counted once, not once per possible value
+    choices = [range(K) if a else range(1) for a in alive]
+    return [{**values, name: flat[torch.tensor(combo), cols].reshape(support.shape[1:])}
+            for combo in itertools.product(*choices)]
 
 
-def enumerate_check(est, args):
+def _unexpected(msg):
+    raise ScgError(f"the estimator's run reached latent site {msg['name']!r}, which the "
+                   "model's run with the same values did not: the estimator's model is not "
+                   "this model")
+
+
+def estimator_run(est, args, values):
+    """The estimator's output for one joint value, called as a user calls it."""
+    return est.run(args, {}, Fix(values, _unexpected), update=False)
+
+
+def trajectories(est: Estimator, args):
+    """Every joint value of the latent sites, as the :class:`~scg.estimator.Output` of the
+    estimator's run it fixes (``est.run(args, {}, Fix(values), update=False)``)."""
+    for values, _ in joint_values(est.model, args):
+        yield estimator_run(est, args, values)
+
+
+def enumerate_check(est, args, space=0, model=None):
+    """Exact enumeration: J and p(tau) from check's own runs of ``model`` (default
+    ``est.model``), the estimate from ``est``'s run of each joint value."""
+    gamma, kind = float(est.options["gamma"]), est.options["objective"]
+    runs = []   # (p(tau), J(tau), estimator's output, own sites)
+    for values, sites in joint_values(model or est.model, args):
+        runs.append((log_prob(sites).exp(), objective(sites, gamma, kind),
+                     estimator_run(est, args, values), sites))
+    J = sum((r[0] * r[1] for r in runs), 0.0)
+    E = sum((-r[0].detach() * r[2].loss for r in runs), 0.0)
+    Ei = {}
+    for p, _, out, _ in runs:
+        for c, loss in out.local.items():
+            Ei[c] = Ei.get(c, 0.0) - p.detach() * loss
     params = {c: list(ps.values()) for c, ps in est.params.items()}
-    allp = list({id(p): p for ps in params.values() for p in ps}.values())
-    J = E = 0.0
-    Ei = {c: 0.0 for c in params}
-    size = 0
-    for out in trajectories(est, args):
-        size += 1
-        p = log_prob(out.sites).exp()
-        J = J + p * out.objective
-        E = E - p.detach() * out.loss
-        for c in Ei:
-            Ei[c] = Ei[c] - p.detach() * out.local[c]
+    credited = {id(p): p for ps in params.values() for p in ps}
+    extras = [p for k, p in leaves(J).items() if k not in credited]
+    allp = list(credited.values()) + extras
     exact, estimate = _grad(J, allp), _grad(E, allp)
     rows = [_row("total", exact, estimate)]
     floor = ZERO * rows[0].norm_exact
@@ -172,18 +338,94 @@ def enumerate_check(est, args):
     for c, ps in params.items():
         own = [p for p in ps if id(p) not in shared]
         if own:
-            rows.append(_row(c, _grad(J, own), _grad(Ei[c], own), floor))
+            rows.append(_row(c, _grad(J, own), _grad(Ei.get(c, 0.0), own), floor))
     dtype = allp[0].dtype if allp else torch.get_default_dtype()
     tol, atol = (1e-8, 1e-12) if dtype == torch.float64 else (1e-4, 1e-6)
-    return Report("enumerate", rows, tol, size, atol, str(dtype).replace("torch.", ""),
-                  exact=exact, estimate=estimate)
+    notes, problems = [], uncredited(extras, [r[3] for r in runs])
+    zero = VACUOUS.get(dtype, 1e-3)
+    vacuous = rows[0].norm_exact < zero
+    if vacuous:
+        notes.append(f"the exact gradient is zero (|grad J| = {rows[0].norm_exact:.3g} < "
+                     f"{zero:g}): any estimator would agree, so this is not a check; choose "
+                     "inputs or parameters where J changes with the parameters (rewards that "
+                     "differ between actions, weights away from a symmetric point)")
+    if space and space != len(runs):
+        notes.append(f"{len(runs)} joint values enumerated; the recorded run's latent sites "
+                     f"span {space} (a masked element counts once; branches add or drop sites)")
+    return Report("enumerate", rows, tol, len(runs), atol, str(dtype).replace("torch.", ""),
+                  problems + notes, exact=exact, estimate=estimate, vacuous=vacuous,
+                  problems=problems, space=space)
+
+
+# ---- parameters --------------------------------------------------------------------------
+def leaves(t):
+    """Requires-grad leaf tensors that autograd reaches from ``t``, keyed by id, in the order
+    found."""
+    out = {}
+    if not isinstance(t, torch.Tensor):
+        return out
+    if t.requires_grad and t.grad_fn is None:
+        out[id(t)] = t
+    stack, seen = ([t.grad_fn] if t.grad_fn is not None else []), set()
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        v = getattr(fn, "variable", None)
+        if v is not None:
+            out.setdefault(id(v), v)
+        stack.extend(f for f, _ in reversed(fn.next_functions))
+    return out
+
+
+def site_term(site):
+    """The tensor through which J depends on a site: a latent site's masked log-probability,
+    a cost site's masked value; None for other sites."""
+    if site.role in LATENT:
+        lp = site.fn.log_prob(site.value.detach())
+        return lp if site.mask is None else torch.where(site.mask, lp, 0.0)
+    if site.role in COSTS:
+        return cost_value(site)
+    return None
+
+
+def uncredited(extras, site_lists, raw=()):
+    """One failure line per parameter J reaches that the estimator does not train, naming the
+    sites (scg sites of the runs, then raw ``pyro.sample`` sites) it is reached through."""
+    if not extras:
+        return []
+    want = {id(p) for p in extras}
+    where = {k: [] for k in want}
+    for sites in site_lists:
+        for s in sites:
+            t = site_term(s)
+            for k in (leaves(t).keys() & want if t is not None else ()):
+                if s.name not in where[k]:
+                    where[k].append(s.name)
+        if all(where.values()):
+            break
+    for n in raw:
+        lp = n["fn"].log_prob(n["value"])
+        for k in (leaves(lp).keys() | leaves(n["value"]).keys()) & want:
+            where[k].append(f"{n['name']} (pyro.sample, not an scg site)")
+    lines = []
+    for p in extras:
+        names = where[id(p)]
+        via = ("sites " if len(names) > 1 else "site ") + ", ".join(
+            repr(n) for n in names[:4]) + (", ..." if len(names) > 4 else "") \
+            if names else "no recorded site"
+        lines.append(f"parameter of shape {tuple(p.shape)} reached by J through {via} is not "
+                     "trained by the estimator (not in est.params: no score term or cost of "
+                     "a coagent reaches it)")
+    return lines
 
 
 def _grad(y, params):
     if not params:
         return torch.zeros(0)
     if not isinstance(y, torch.Tensor) or not y.requires_grad:
-        return torch.cat([torch.zeros_like(p).flatten() for p in params])
+        return torch.cat([torch.zeros_like(p).flatten() for p in params]).double()
     gs = torch.autograd.grad(y, params, retain_graph=True, allow_unused=True)
     return torch.cat([(g if g is not None else torch.zeros_like(p)).flatten()
                       for g, p in zip(gs, params)]).double()
@@ -200,37 +442,203 @@ def _row(name, exact, estimate, floor=0.0):
     return Row(name, cos, err, ne, nm, (estimate - exact).norm().item())
 
 
-def fd_check(est, args, samples, directions, eps, seed=0):
-    """Finite differences of Monte Carlo J (common random numbers) vs the mean estimator."""
-    params = list({id(p): p for ps in est.params.values() for p in ps.values()}.values())
-    rng = torch.Generator().manual_seed(seed)
+# ---- finite differences ------------------------------------------------------------------
+def t_quantile(p, nu):
+    """The p-quantile of Student's t with ``nu`` degrees of freedom (Cornish-Fisher expansion
+    about the normal quantile, Abramowitz & Stegun 26.7.5: within 0.5% for nu >= 5)."""
+    z = NormalDist().inv_cdf(p)
+    g = [(z ** 3 + z) / 4, (5 * z ** 5 + 16 * z ** 3 + 3 * z) / 96,
+         (3 * z ** 7 + 19 * z ** 5 + 17 * z ** 3 - 15 * z) / 384,
+         (79 * z ** 9 + 776 * z ** 7 + 1482 * z ** 5 - 1920 * z ** 3 - 945 * z) / 92160]
+    return z + sum(gi / nu ** (i + 1) for i, gi in enumerate(g))
 
-    def mean_objective(grad):
+
+def _seed(seed, k):
+    pyro.set_rng_seed((seed * 1_000_003 + k) % 2 ** 32)
+
+
+class Couple(Messenger):
+    """Draw every latent sample site of a run from its own uniforms, seeded by (run key, site
+    name), through the inverse CDF where there is one: common random numbers that stay in step
+    when theta moves. Each element's value is a monotone function of its own uniform, so a
+    small move changes a discrete value only where the uniform lies near a CDF step, and a
+    changed value at one site (a Poisson draw consuming another number of uniforms in torch's
+    sampler) cannot shift the random numbers of any other element or site."""
+
+    def __init__(self, key):
+        super().__init__()
+        self.key = key
+
+    def _pyro_sample(self, msg):
+        if msg["is_observed"] or msg["done"] or site_is_subsample(msg):
+            return
+        seed = (self.key * 1_000_033 + zlib.crc32(msg["name"].encode())) % 2 ** 63
+        msg["value"] = coupled_sample(msg["fn"], seed)
+        msg["done"] = True
+
+
+def _elementwise(fn):
+    """``fn`` without ``Independent`` and masking wrappers: a distribution of the same value
+    shape whose log-probability is elementwise (scalar events), or None."""
+    d = fn
+    while isinstance(d, (torch.distributions.Independent, MaskedDistribution)):
+        d = d.base_dist
+    shape = fn.batch_shape + fn.event_shape
+    return d if d.event_shape == () and d.batch_shape == shape else None
+
+
+def coupled_sample(fn, seed):
+    """One draw of ``fn`` from uniforms of a generator seeded with ``seed``: the inverse CDF of
+    an enumerable or non-negative-integer distribution, ``icdf`` of a continuous one, else
+    ``fn.sample()`` under that seed."""
+    gen = torch.Generator().manual_seed(seed)
+    shape = fn.batch_shape + fn.event_shape
+    d = enumerable(fn)
+    if d is not None:
+        support = d.enumerate_support(expand=True)      # [K, *batch, *event]
+        K, n = support.shape[0], d.batch_shape.numel()
+        cdf = d.log_prob(support).exp().double().cumsum(0)
+        u = torch.rand(d.batch_shape, generator=gen, dtype=torch.float64).to(cdf.device)
+        idx = (cdf < u * cdf[-1]).sum(0).clamp(max=K - 1).flatten()
+        flat = support.reshape((K, n) + d.event_shape)
+        return flat[idx, torch.arange(n, device=idx.device)].reshape(shape)
+    e = _elementwise(fn)
+    if e is not None:
+        if e.support is torch.distributions.constraints.nonnegative_integer:
+            dev = e.mean.device
+            u = torch.rand(shape, generator=gen, dtype=torch.float64).to(dev)
+            value = torch.zeros(shape, dtype=torch.float64, device=dev)
+            cdf, done = torch.zeros_like(value), torch.zeros(shape, dtype=torch.bool, device=dev)
+            for k in range(1_000_000):
+                p = e.log_prob(torch.full(shape, float(k), dtype=e.mean.dtype,
+                                          device=dev)).exp().double()
+                cdf = cdf + p
+                new = ~done & (u <= cdf)
+                value = torch.where(new, float(k), value)
+                done = done | new
+                rest = ~done
+                if not rest.any():
+                    break
+                if (p[rest] == 0).all() and (cdf[rest] > 0.5).all():  # the tail underflowed
+                    value = torch.where(rest, float(k), value)
+                    break
+            return value.to(e.mean.dtype)
+        if not e.support.is_discrete:
+            u = torch.rand(shape, generator=gen, dtype=torch.float64)
+            try:
+                return e.icdf(u.to(device=e.mean.device, dtype=e.mean.dtype))
+            except (NotImplementedError, AttributeError, ValueError):
+                pass
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        total = 0.0
-        for _ in range(samples):
-            out = est.run(args, {}, update=False)
-            total = total + (-out.loss if grad else out.objective.detach())
-        return total / samples
+        return fn.sample()
 
-    g = _grad(mean_objective(True), params)
-    flat = torch.cat([p.detach().flatten() for p in params])
-    fd, mc = [], []
-    for _ in range(directions):
-        u = torch.randn(flat.shape, generator=rng, dtype=torch.float64)
-        u = u / u.norm()
-        vals = []
-        for sign in (1, -1):
-            _assign(params, flat + sign * eps * u.to(flat))
-            with torch.no_grad():
-                vals.append(float(mean_objective(False)))
-        _assign(params, flat)
-        fd.append((vals[0] - vals[1]) / (2 * eps))
-        mc.append(float(g @ u))
-    fd, mc = torch.tensor(fd, dtype=torch.float64), torch.tensor(mc, dtype=torch.float64)
-    row = _row("total", fd, mc)
-    return Report("fd", [row], 0.1, samples, 0.0, str(flat.dtype).replace("torch.", ""),
-                  [f"{directions} random directions, {samples} runs each, eps={eps}"], fd, mc)
+
+def fd_check(est, args, samples, directions, eps, seed=0, confidence=0.99, raw=(), first=(),
+             model=None):
+    """Finite differences of J against the estimator, with a stated statistical test.
+
+    Run k (k < ``samples``) has its own seed. The estimator's gradient of run k,
+    ``g_k = grad(-loss_k)`` (``est.run`` as a user calls it), is projected on ``directions``
+    random unit vectors u_j; the finite difference of run k along u_j is
+    ``(J_k(theta + eps u_j) - J_k(theta - eps u_j)) / (2 eps)``, J_k from check's own run of
+    the model (:func:`objective` of its sites) with common random numbers on both sides: run
+    k's seed, and every latent site drawn by :class:`Couple` (inverse CDF of its own seeded
+    uniforms). Per direction, with means and standard errors over runs,
+
+        z_j = |fd_j - est_j| / sqrt(max(se_fd^2 + se_est^2, se_diff^2) + rounding^2)
+
+    (se_diff: of the per-run differences, which covers a negative correlation of the two).
+    OK when every z_j <= t_{n-1}^{-1}(1 - (1 - confidence) / (2 directions)): a two-sided test
+    at level 1 - confidence with a Bonferroni correction. VACUOUS when no direction's fd is
+    significantly non-zero (a zero gradient would pass). The central difference's truncation
+    bias, O(eps^2), is not in the standard errors.
+    """
+    if samples < 6:
+        raise ScgError(f"fd needs samples >= 6 runs for its standard errors, got {samples}")
+    if not 0.0 < confidence < 1.0:
+        raise ScgError(f"confidence must be in (0, 1), got {confidence}")
+    gamma, kind = float(est.options["gamma"]), est.options["objective"]
+    model = model or est.model
+    state = (torch.get_rng_state(), random.getstate(), np.random.get_state())
+    try:
+        _seed(seed, 0)
+        out0 = est.run(args, {}, update=False)
+        credited = {id(p): p for ps in est.params.values() for p in ps.values()}
+        reached = {}
+        for sites in (first, out0.sites):
+            for s in sites:
+                t = site_term(s)
+                reached.update(leaves(t) if t is not None else {})
+        for n in raw:
+            reached.update(leaves(n["fn"].log_prob(n["value"])))
+            reached.update(leaves(n["value"]))
+        extras = [p for k, p in reached.items() if k not in credited]
+        params = list(credited.values()) + extras
+        if not params:
+            raise ScgError("nothing to check: no parameter reaches J or the estimator")
+        flat = torch.cat([p.detach().flatten() for p in params])
+        rng = torch.Generator().manual_seed(seed)
+        U = torch.randn((directions, flat.numel()), generator=rng, dtype=torch.float64)
+        U = U / U.norm(dim=1, keepdim=True)
+        mc = torch.zeros(samples, directions, dtype=torch.float64)
+        for k in range(samples):
+            out = out0 if k == 0 else None
+            if out is None:
+                _seed(seed, k)
+                out = est.run(args, {}, update=False)
+            mc[k] = U @ _grad(-out.loss, params)
+            del out
+        out0 = None
+        Jpm = torch.zeros(2, directions, samples, dtype=torch.float64)
+        try:
+            for j in range(directions):
+                for side, sign in enumerate((1.0, -1.0)):
+                    _assign(params, flat + sign * eps * U[j].to(flat))
+                    with torch.no_grad():
+                        for k in range(samples):
+                            _seed(seed, k)
+                            sites, _ = run(model, args, {}, Couple(seed * 1_000_003 + k))
+                            Jpm[side, j, k] = float(objective(sites, gamma, kind))
+        finally:
+            _assign(params, flat)
+    finally:
+        torch.set_rng_state(state[0])
+        random.setstate(state[1])
+        np.random.set_state(state[2])
+    fdk = ((Jpm[0] - Jpm[1]) / (2 * eps)).T          # [samples, directions]
+    n = samples
+    fd, est_mean = fdk.mean(0), mc.mean(0)
+    se_fd, se_mc = fdk.std(0) / n ** 0.5, mc.std(0) / n ** 0.5
+    se_diff = (fdk - mc).std(0) / n ** 0.5
+    tiny = torch.finfo(flat.dtype).eps
+    rounding = 8 * tiny * (Jpm.abs().mean((0, 2)) / eps + est_mean.abs())
+    se = (torch.maximum(se_fd ** 2 + se_mc ** 2, se_diff ** 2) + rounding ** 2).sqrt()
+    z = (fd - est_mean).abs() / se
+    z = torch.where(se > 0, z, torch.where(fd == est_mean, 0.0, math.inf))
+    z_max = t_quantile(1 - (1 - confidence) / (2 * directions), n - 1)
+    signal = fd.abs() / (se_fd ** 2 + rounding ** 2).sqrt()
+    vacuous = not bool((signal > z_max).any())
+    row = _row("total", fd, est_mean)
+    notes = [f"test: per direction, z = |fd - estimate| / se, se from the spread over {n} "
+             f"runs; fd: central differences of J (eps={eps}) with common random numbers (each "
+             "site drawn by its inverse CDF from uniforms seeded by run and site, the same at "
+             f"theta +- eps u); OK when every |z| <= {z_max:.3g} (Student t, {n - 1} dof, "
+             f"two-sided, {confidence:.0%} with Bonferroni over {directions} directions); "
+             f"largest |z| = {z.max().item():.3g}"]
+    problems = uncredited(extras, [first], raw)
+    if vacuous:
+        notes.append(f"the finite-difference gradient is not distinguishable from zero in any "
+                     f"direction (largest |fd| / se(fd) = {signal.max().item():.3g} <= "
+                     f"{z_max:.3g}): a zero gradient would pass, so this is not a check; raise "
+                     "samples (or eps, for discrete sites), or choose inputs or parameters "
+                     "where J changes with the parameters")
+    dtype = str(flat.dtype).replace("torch.", "")
+    stats = {"z": z, "se_fd": se_fd, "se_mc": se_mc, "se_diff": se_diff, "z_max": z_max,
+             "confidence": confidence, "directions": directions, "eps": eps}
+    return Report("fd", [row], 0.0, n, 0.0, dtype, problems + notes, fd, est_mean,
+                  vacuous=vacuous, problems=problems, fd=stats)
 
 
 def _assign(params, flat):
