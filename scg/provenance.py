@@ -142,7 +142,8 @@ def _by_scg():
     return False
 
 
-def _key(t):
+def _storage(t):
+    """The storage a tensor's data lives in (views share it), or None for an empty tensor."""
     if t.numel() == 0:
         return None
     try:
@@ -154,17 +155,20 @@ def _key(t):
 class Provenance(TorchFunctionMode):
     """The provenance side table of one analysed run.
 
-    ``table``: storage -> frozenset of source names (site names, or :data:`INPUT`).
+    ``table``: tensor (by identity) -> frozenset of source names (site names, or
+    :data:`INPUT`): every tensor an operation returns gets the union of its arguments'
+    provenance (``tab[i]`` depends on ``i`` even where it is a view of ``tab``).
+    ``writes``: storage -> the provenance written into it in place (``buf[0] = m``), which every
+    tensor on that storage, every view, carries from then on.
     ``sampled``: storage -> the site whose sampled value it holds (never written in place).
-    Tensors with provenance are kept alive for the run, so a storage address is never reused
-    by an unrelated tensor while the table refers to it. ``escape(names, func)`` is called for
-    every escape of tracked data (by the analysis; ``quiet`` suppresses it during scg's own
-    bookkeeping).
+    Tensors in the table are kept alive for the run, so an identity is never reused while the
+    table refers to it. ``escape(names, func)`` is called for every escape of tracked data
+    (``quiet`` suppresses it during scg's own bookkeeping).
     """
 
     def __init__(self, escape):
         super().__init__()
-        self.table, self.sampled, self.keep = {}, {}, []
+        self.table, self.writes, self.sampled, self.keep = {}, {}, {}, []
         self.escape = escape
         self.quiet, self.busy = 0, False
 
@@ -174,14 +178,13 @@ class Provenance(TorchFunctionMode):
         later readers through the site's own parents."""
         self.busy = True
         try:
-            k = _key(tensor)
+            k = _storage(tensor)
         finally:
             self.busy = False
-        if k is None:
-            return
-        self.table[k] = frozenset({name}) if sampled else self.table.get(k, frozenset()) | {name}
+        old = frozenset() if sampled else self.table.get(id(tensor), frozenset())
+        self.table[id(tensor)] = old | {name}
         self.keep.append(tensor)
-        if sampled:
+        if sampled and k is not None:
             self.sampled[k] = name
 
     def of(self, x):
@@ -200,50 +203,44 @@ class Provenance(TorchFunctionMode):
         finally:
             self.busy = False
 
-    def _of(self, x, keys=None):
-        """The union of the provenance of the tensors in ``x``; their storages go to ``keys``."""
+    def _of(self, x):
         prov = frozenset()
         for t in _tensors(x, []):
-            k = _key(t)
-            if keys is not None:
-                keys.add(k)
-            if k is not None and k in self.table:
-                prov = prov | self.table[k]
+            p = self.table.get(id(t))
+            if p is not None:
+                prov = prov | p
+            if self.writes:
+                p = self.writes.get(_storage(t))
+                if p is not None:
+                    prov = prov | p
         return prov
 
-    def _mark(self, ret, prov, inputs=()):
-        """Add ``prov`` to the storages of the tensors in ``ret``, except views of the inputs
-        (their data is the input's, whatever the other arguments: ``x.expand_as(y)``)."""
+    def _mark(self, ret, prov):
         for t in _tensors(ret, []):
-            k = _key(t)
-            if k is not None and k not in inputs:
-                self.table[k] = self.table.get(k, frozenset()) | prov
-                self.keep.append(t)
+            self.table[id(t)] = self.table.get(id(t), frozenset()) | prov
+            self.keep.append(t)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if self.busy or not self.table:
+        if self.busy or not (self.table or self.writes):
             return func(*args, **kwargs)
-        inputs = set()
-        prov = self._of((args, kwargs), inputs)
-        if is_inplace(func, kwargs):
-            target = _written(func, args, kwargs)
-            k = None if target is None else _key(target)
-            if k is not None and k in self.sampled and not self.quiet:
-                raise ScgError(f"in-place write ({_name(func)}) into the sampled value of site "
-                               f"{self.sampled[k]!r}: its score term would be taken at a value "
-                               "the run did not sample; write into a copy (m = m.clone())")
+        prov = self._of((args, kwargs))
+        target = _written(func, args, kwargs) if is_inplace(func, kwargs) else None
+        k = None if target is None else _storage(target)
+        if k is not None and k in self.sampled and not self.quiet:
+            raise ScgError(f"in-place write ({_name(func)}) into the sampled value of site "
+                           f"{self.sampled[k]!r}: its score term would be taken at a value "
+                           "the run did not sample; write into a copy (m = m.clone())")
         ret = func(*args, **kwargs)
         if not prov:
             return ret
         if not self.quiet and (_shape_from_data(func, args) or not (
                 _only_tensors(ret) or _name(func) in METADATA)):
             self.escape(prov, _name(func))
-        self._mark(ret, prov, inputs)
-        if is_inplace(func, kwargs):
-            target = _written(func, args, kwargs)
-            if target is not None:
-                self._mark(target, prov)
+        self._mark(ret, prov)
+        if k is not None:   # pin the storage: its address must not be reused during the run
+            self.writes[k] = self.writes.get(k, frozenset()) | prov
+            self.keep.append(target)
         return ret
 
 
@@ -319,6 +316,7 @@ class Analysis(Record):
         self.mode.__exit__(*exc)
         self._validation.__exit__(*exc)
         self.mode.table.clear()
+        self.mode.writes.clear()
         self.mode.keep.clear()
         return out
 
