@@ -234,6 +234,10 @@ class Estimator(torch.nn.Module):
                 if len(hits) > 1:
                     raise ScgError(f"cost {s.name!r} reaches parameters of coagents {hits}: "
                                    "say whose it is with scg.cost(..., coagent=...)")
+                if leaves and not hits:
+                    raise ScgError(f"cost {s.name!r} (step {s.time}) reaches parameters that no "
+                                   "coagent's sites use, so no coagent would train them: say "
+                                   "whose they are with scg.cost(..., coagent=...)")
                 owner[s.name] = hits[0] if hits else None
         for c, ps in reach.items():
             self.params.setdefault(c, {}).update(ps)

@@ -129,13 +129,19 @@ _LIBRARIES = (os.path.dirname(os.path.abspath(torch.__file__)),
               os.path.dirname(os.path.abspath(pyro.__file__)))
 
 
+_VALIDATION = os.path.join(_LIBRARIES[0], "distributions", "distribution.py")
+
+
 def _by_scg():
     """Whether the operation being handled was issued by scg itself (its checks of a site's
-    arguments, say) rather than by the model: the nearest caller outside torch, Pyro and this
-    module is in scg's package. Looked up only when an escape happens."""
+    arguments, say) or by torch.distributions' argument validation, rather than by the model:
+    the nearest caller outside torch, Pyro and this module is in scg's package, or a
+    distribution's validation is on the way. Looked up only when an escape happens."""
     frame = sys._getframe(2)
     while frame is not None:
         path = frame.f_code.co_filename
+        if path == _VALIDATION:
+            return True
         if not path.startswith(_LIBRARIES) and path != __file__:
             return path.startswith(_SCG + os.sep)
         frame = frame.f_back
@@ -304,8 +310,6 @@ class Analysis(Record):
         self.world, self.world_read = name, False
 
     def __enter__(self):
-        self._validation = pyro.validation_enabled(False)
-        self._validation.__enter__()
         self.mode.__enter__()
         for t in _tensors(self.inputs, []):
             self.mode.source(t, INPUT)
@@ -314,7 +318,6 @@ class Analysis(Record):
     def __exit__(self, *exc):
         out = super().__exit__(*exc)
         self.mode.__exit__(*exc)
-        self._validation.__exit__(*exc)
         self.mode.table.clear()
         self.mode.writes.clear()
         self.mode.keep.clear()
@@ -337,7 +340,8 @@ class Analysis(Record):
         self.mode.quiet += 1
         try:
             if infer["scg_role"] in ("message", "env", "predict"):
-                reads = self.mode.of(msg["fn"].log_prob(self.mode.plain(msg["value"])))
+                with pyro.validation_enabled(False):   # bad values are the emitter's to name
+                    reads = self.mode.of(msg["fn"].log_prob(self.mode.plain(msg["value"])))
                 prov = reads | (self.mode.of(msg["value"]) if infer["scg_role"] == "predict"
                                 else frozenset())
             else:

@@ -237,3 +237,25 @@ def test_validation_blocks_are_not_escapes():
         est = scg.compile(network(validated), verify=False)
         est(torch.zeros(2))
         assert est.dynamic is not validated
+
+
+def test_a_cost_on_parameters_no_coagent_uses_must_be_labelled():
+    """Its pathwise gradient would be in the loss, but no coagent's parameters (nor the
+    Trainer) would include them: refused, naming the cost; with coagent= they are its."""
+    f, w = lin(1, 1), torch.nn.Parameter(torch.ones(2))
+
+    def network(label):
+        @scg.network
+        def model():
+            with scg.episodes(2):
+                m = scg.message("m", dist.Bernoulli(logits=f(torch.ones(2, 1)).squeeze(-1)),
+                                coagent="f")
+                scg.reward("r", m)
+            scg.cost("pen", -(w ** 2).sum(), coagent=label)
+        return model
+
+    with pytest.raises(scg.ScgError, match="cost 'pen'.*no coagent"):
+        scg.compile(network(None))()
+    est = scg.compile(network("f"))
+    est()
+    assert any(p is w for p in est.parameters("f"))
