@@ -10,6 +10,8 @@ which then reaches the parameters. So the distribution is evaluated from *guarde
 is selected away (exactly 0), not multiplied.
 """
 
+import copy
+
 import pyro.distributions as dist
 import torch
 
@@ -66,12 +68,28 @@ def _param_mask(mask, p, batch):
     return m.reshape(batch + (1,) * (p.dim() - n))
 
 
+# Distribution classes whose log_prob reads only ``logits``: guarded by a shallow copy with
+# guarded logits (no constructor, no renormalisation: the same numbers, faster).
+BY_LOGITS = tuple({getattr(m, n) for m in (torch.distributions, dist)
+                   for n in ("Bernoulli", "Categorical")})
+
+
 def guarded(fn, mask):
     """``fn`` with the gradient to its masked-out elements cut at its parameters (see the
     module docstring); ``fn`` itself when there is no mask or no safe way to rebuild it."""
     if mask is None or type(fn) not in REBUILD:
         return fn
     batch = fn.batch_shape
+    if type(fn) in BY_LOGITS:
+        logits = fn.logits
+        m = _param_mask(mask, logits, batch) if logits.requires_grad else None
+        if m is None:
+            return fn
+        out = copy.copy(fn)
+        out.__dict__.pop("probs", None)
+        out.__dict__["logits"] = out.__dict__["_param"] = torch.where(m, logits,
+                                                                      logits.detach())
+        return out
     params = {}
     for k, p in canonical_params(fn).items():
         m = _param_mask(mask, p, batch) if p.requires_grad else None
