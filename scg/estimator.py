@@ -23,7 +23,7 @@ from .guards import arguments, check_replay, check_sites, data_flow, first_diffe
 from .online import TD
 from .provenance import Analysis
 from .recurrence import roll
-from .terms import cost, group_log_prob, predictor_log_prob
+from .terms import common_float, cost, group_log_prob, predictor_log_prob
 from .trace import run
 
 OPTIONS = {
@@ -145,6 +145,31 @@ class Estimator(torch.nn.Module):
             if coagent is None or self.critic_owner.get(key) == coagent:
                 out += list(m.parameters())
         return iter(out)
+
+    def named_parameters(self, prefix="", recurse=True, remove_duplicate=True, coagent=None):
+        """``(name, parameter)`` for every tensor :meth:`parameters` yields, in its order:
+        ``COAGENT.k`` for the k-th model parameter reached from a coagent's sites (a shared one
+        under its first coagent), ``critics.KEY.NAME`` for a baseline critic's."""
+        params = list(self.parameters(coagent))
+        names, seen = {}, set()
+        for c, ps in self.params.items():
+            for k, p in enumerate(ps.values()):
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    names[id(p)] = f"{c}.{k}"
+        for n, p in self.critics.named_parameters(prefix="critics"):
+            names[id(p)] = n
+        return iter([(prefix + names[id(p)], p) for p in params])
+
+    def __setstate__(self, state):
+        """After a copy or unpickling, parameters are new objects: re-key what is keyed by
+        their identity (each coagent's parameters, the shared ones, the value sites')."""
+        super().__setstate__(state)
+        moved = {k: id(p) for ps in self.params.values() for k, p in ps.items()}
+        moved.update({k: id(p) for k, p in self.value_params.items()})
+        self.params = {c: {id(p): p for p in ps.values()} for c, ps in self.params.items()}
+        self.value_params = {id(p): p for p in self.value_params.values()}
+        self.shared = {moved.get(k, k): cs for k, cs in self.shared.items()}
 
     def get_extra_state(self):
         return {"averages": {k: v.clone() for k, v in self.averages.items()}}
@@ -337,10 +362,10 @@ class Estimator(torch.nn.Module):
         """The surrogate of one recorded run under ``plan``."""
         if not plan.costs:
             raise ScgError("the network emitted no reward, cost or predictor: nothing to optimise")
-        ref = _first_tensor(sites, plan)
+        ref = common_float(sites)   # the run's float dtype and device; costs are cast to it
         T = plan.on(ref.device, ref.dtype)
         n = len(plan.coagents)
-        C = [torch.stack([cost(sites[i]) for i in g.index]) for g in plan.costs]
+        C = [torch.stack([cost(sites[i], ref) for i in g.index]) for g in plan.costs]
         for g, c in zip(plan.costs, C):
             _check_finite(g, c, sites)
         for s in sites:
@@ -420,8 +445,3 @@ def _check_finite(group, c, sites):
         s = sites[group.index[group.names.index(bad)]]
         raise ScgError(f"{s.role} {bad!r} (step {s.time}) is NaN or infinite")
 
-
-def _first_tensor(sites, plan):
-    s = sites[plan.costs[0].index[0]]
-    v = predictor_log_prob(s) if s.role == "predict" else s.fn.v
-    return v if v.is_floating_point() else v.to(torch.get_default_dtype())
