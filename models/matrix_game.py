@@ -58,9 +58,10 @@ def joint_table(probs):
         raise scg.ScgError(f"a joint policy has shape [..., 4] or [..., 2, 2], got "
                            f"{tuple(probs.shape)}")
     total = probs.sum((-2, -1))
-    if (probs < 0).any() or not torch.allclose(total, torch.ones_like(total), atol=1e-6):
-        raise scg.ScgError("a joint policy must be non-negative and sum to 1 over the 4 joint "
-                           "actions")
+    with scg.validation():   # a check only: the values read here decide nothing else
+        if (probs < 0).any() or not torch.allclose(total, torch.ones_like(total), atol=1e-6):
+            raise scg.ScgError("a joint policy must be non-negative and sum to 1 over the 4 "
+                               "joint actions")
     return probs
 
 

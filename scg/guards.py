@@ -68,8 +68,8 @@ def first_difference(cached, now, sites):
             return (f"{s.role} {s.name!r} (step {s.time}) reads {sorted(new[1])} in this run but "
                     f"{sorted(old[1])} in the run its cached plan was derived from, with the same "
                     "sites and arguments: the model's data flow depends on state outside its "
-                    "arguments and sampled values (a global, an object's attribute, a "
-                    "parameter's value); pass that state as an argument")
+                    "arguments, sampled values and parameters (a global, an object's "
+                    "attribute); pass that state as an argument")
     return ("the escape nodes differ from those of the run the cached plan was derived from "
             f"({[w for w, _ in now[1]]} against {[w for w, _ in cached[1]]}): the model's data "
             "flow depends on state outside its arguments and sampled values")

@@ -32,6 +32,8 @@ from .runtime import FAST_FRAMES
 from .trace import Record
 
 INPUT = "<inputs>"  # the source of the model's tensor arguments
+PARAMS = "<parameters>"  # the source of every leaf tensor that requires grad (parameters)
+EXTERNAL = frozenset({INPUT, PARAMS})  # sources that are not sites: escapes, not graph nodes
 
 METADATA = frozenset({
     "__get__", "dim", "ndimension", "size", "numel", "nelement", "__len__", "stride",
@@ -213,6 +215,9 @@ class Provenance(TorchFunctionMode):
         prov = frozenset()
         for t in _tensors(x, []):
             p = self.table.get(id(t))
+            if p is None and t.requires_grad and t.is_leaf:   # a parameter, first seen
+                p = self.table[id(t)] = frozenset({PARAMS})
+                self.keep.append(t)
             if p is not None:
                 prov = prov | p
             if self.writes:
@@ -228,7 +233,7 @@ class Provenance(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if self.busy or not (self.table or self.writes):
+        if self.busy:
             return func(*args, **kwargs)
         prov = self._of((args, kwargs))
         target = _written(func, args, kwargs) if is_inplace(func, kwargs) else None
@@ -277,7 +282,8 @@ class Analysis(Record):
     the conservative rule of design.md §3.2 (after a value escapes, everything later in the run
     is downstream of it) linear in size. ``worlds[name]`` holds each escape node's step, its
     place in execution order and its parents. ``escaped`` is every source that escaped
-    (sites, and :data:`INPUT` when a model argument's value did).
+    (sites, :data:`INPUT` when a model argument's value did, :data:`PARAMS` when a
+    parameter's did: then the wiring may change as the parameters are trained).
 
     ``replay`` (site name -> value) replays a recorded run; without it the run samples afresh.
     ``inputs`` are the model's arguments: their tensors are the source :data:`INPUT`.
@@ -297,7 +303,7 @@ class Analysis(Record):
             return
         new = set(prov) - self.escaped
         self.escaped |= new
-        new.discard(INPUT)
+        new -= EXTERNAL
         if not new:
             return
         if self.world is not None and not self.world_read:
@@ -352,10 +358,10 @@ class Analysis(Record):
             self.mode.quiet -= 1
         name = msg["name"]
         self.time = infer["scg_time"]
-        self.masks[name] = set(masked_by) - {INPUT}
-        self.bits[name] = set(bit_from) - {INPUT}
-        self.reads[name] = set(reads) - {INPUT}
-        self.parents[name] = set(prov | masked_by) - {INPUT}
+        self.masks[name] = set(masked_by - EXTERNAL)
+        self.bits[name] = set(bit_from - EXTERNAL)
+        self.reads[name] = set(reads - EXTERNAL)
+        self.parents[name] = set((prov | masked_by) - EXTERNAL)
         if self.world is not None:
             self.parents[name].add(self.world)
             self.world_read = True

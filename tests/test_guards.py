@@ -259,3 +259,26 @@ def test_a_cost_on_parameters_no_coagent_uses_must_be_labelled():
     est = scg.compile(network("f"))
     est()
     assert any(p is w for p in est.parameters("f"))
+
+
+def test_wiring_chosen_by_a_parameter_value_makes_the_estimator_dynamic():
+    """A branch on a parameter's value may change as the parameter is trained: the run that
+    reads it is dynamic, so every later run is analysed as it happens."""
+    fa, fb = lin(1, 1), lin(1, 1)
+    switch = torch.nn.Parameter(torch.tensor(1.0))
+
+    @scg.network
+    def model():
+        with scg.episodes(2):
+            a = scg.message("a", dist.Bernoulli(logits=fa(torch.ones(2, 1)).squeeze(-1)),
+                            coagent="A")
+            b = scg.message("b", dist.Bernoulli(logits=fb(torch.ones(2, 1)).squeeze(-1)),
+                            coagent="B")
+            scg.reward("r", a if switch.item() > 0 else b)
+
+    est = scg.compile(model, verify=False)
+    assert set(est.graph().edges) == {("a", "r")} and est.dynamic
+    with torch.no_grad():
+        switch.fill_(-1.0)
+    est()
+    assert set(est.last_plan.graph.edges) == {("b", "r")}
