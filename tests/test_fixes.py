@@ -2,14 +2,13 @@
 exact enumeration), independent of scg's estimator."""
 
 import copy
-import inspect
 import itertools
 import pickle
 
 import numpy as np
 import pyro
-import pytest
 import pyro.distributions as dist
+import pytest
 import torch
 
 import scg
@@ -169,7 +168,8 @@ def test_asynchrony_tensors_follow_the_distribution_device(monkeypatch):
     monkeypatch.setattr(asynchrony, "sample_site", fake_site)
     f32 = dist.Bernoulli(logits=torch.zeros(3, dtype=torch.float32))
     bit, source = asynchrony.execution_bit("m", 0.5, f32.batch_shape, "here",
-                                           asynchrony.device_of(f32), asynchrony.float_dtype_of(f32))
+                                           asynchrony.device_of(f32),
+                                           asynchrony.float_dtype_of(f32))
     assert source == "m.exec" and bit.dtype == torch.bool
     assert seen[0].probs.dtype == torch.float32 and seen[0].probs.device == f32.logits.device
 
@@ -191,13 +191,6 @@ def test_float32_asynchronous_unit_with_python_probability():
 
 
 # ---- 4. a reward in another float dtype than the model's ----------------------------------------
-# Until Estimator.emit evaluates a run in terms.common_float(sites) (see the issue 14 report),
-# the credit weights are in the first cost's dtype: expected to fail before that edit.
-NEEDS_EMIT_EDIT = pytest.mark.xfail(
-    "common_float" not in inspect.getsource(scg.estimator.Estimator.emit),
-    reason="needs Estimator.emit to use terms.common_float(sites) and cost(site, ref)")
-
-
 def mixed_dtype_model(theta, reward_dtype, numpy_reward):
     """Two steps, two episodes of a Bernoulli policy in theta's dtype; the reward in another."""
     table = np.array([[-0.5, 1.0], [0.75, -0.25]])
@@ -230,7 +223,6 @@ def mixed_dtype_oracle(theta, s):
     return J, runs
 
 
-@NEEDS_EMIT_EDIT
 @pytest.mark.parametrize("baseline", ["none", "loo", "critic"])
 @pytest.mark.parametrize("model_dtype,reward_dtype,numpy_reward", [
     (torch.float32, torch.float64, True), (torch.float32, torch.float64, False),
@@ -262,7 +254,7 @@ def test_critic_features_ignore_lazy_attributes():
     fn = dist.Categorical(logits=logits)
     site = Site("m", "message", "c", 3, fn, torch.tensor([0, 2]), None, (), {})
     before = features(site)
-    fn.probs                                          # materialised lazily: fn.__dict__ grows
+    _ = fn.probs                                      # materialised lazily: fn.__dict__ grows
     assert "probs" in fn.__dict__
     after = features(site)
     want = torch.cat([logits.log_softmax(-1), torch.full((2, 1), 3.0)], -1)
@@ -283,7 +275,7 @@ def test_one_critic_when_a_model_reads_probs_on_some_steps():
             for t in scg.steps(2):
                 d = dist.Categorical(logits=W[t, s])
                 if t == 1:
-                    d.probs                              # e.g. logged by the model
+                    _ = d.probs                          # e.g. logged by the model
                 a = scg.message("a", d, coagent="pi")
                 scg.reward("r", (a == s + t).to(W.dtype))
     s = torch.tensor([0, 1])
@@ -381,8 +373,6 @@ def signalling7(state):
         scg.reward("r", (a == state).to(x.dtype))
 
 
-@pytest.mark.xfail("named_parameters" not in vars(scg.estimator.Estimator),
-                   reason="needs Estimator.named_parameters (issue 14 item 7)")
 def test_named_parameters_match_parameters():
     est = scg.compile(signalling7, baseline="critic")
     est(torch.arange(4))
@@ -397,8 +387,6 @@ def test_named_parameters_match_parameters():
         assert n.startswith("critics.") == (id(p) in critics), n
 
 
-@pytest.mark.xfail("__setstate__" not in vars(scg.estimator.Estimator),
-                   reason="needs Estimator.__setstate__ re-keying params (issue 14 item 1)")
 def test_td_copy_keeps_local_losses():
     """After a copy, the update of theta is still pi's local loss (owners found by id)."""
     theta = torch.nn.Parameter(torch.tensor([0.3, -0.8]))
