@@ -177,7 +177,21 @@ def value(name, v):
 
 
 def done(mask):
-    """Per-episode termination: later sites and costs of finished episodes are masked out."""
+    """Per-episode termination: ``mask`` (bool ``[N]`` over the innermost ``scg.episodes``
+    plate, True = finished) is accumulated for the rest of the run.
+
+    A finished episode's sites (messages, env) emitted after the call are masked at once; its
+    costs (rewards, costs, predictors, value sites) from its next site on, or from the next
+    step (or the end of the ``scg.steps`` loop), whichever comes first. So the reward that
+    closes the ending step counts whether it is emitted before or after the call::
+
+        a = scg.message("a", policy(obs), coagent="policy")
+        obs, r, terminated, truncated, _ = env.step(a.numpy())
+        scg.done(torch.as_tensor(terminated | truncated))
+        scg.reward("r", torch.as_tensor(r))   # counts: the reward of the last transition
+
+    and no cost that counts can read a masked site (a cost reads only values made before it).
+    """
     run = require_run("scg.done")
     mask = torch.as_tensor(mask)
     if mask.dtype != torch.bool:
