@@ -94,10 +94,11 @@ def check_replay(sites, replayed):
 def check_sites(sites, analysis):
     """Refuse what no plan could make unbiased: batch dimensions outside every plate, costs
     that pool episodes, parameters of distributions that have no score term."""
+    by_name = {x.name: x for x in sites}
     for s in sites:
         _check_batch(s)
         if s.role in ("reward", "cost", "value"):
-            _check_pooled(s, analysis.reads[s.name], {x.name: x for x in sites})
+            _check_pooled(s, analysis.reads[s.name], by_name)
         if s.role == "env":
             _check_no_parameters(s)
 

@@ -17,6 +17,7 @@ Python value. An in-place write into a sampled value is an error: its score woul
 value the run did not sample.
 """
 
+import gc
 import os
 import sys
 
@@ -316,6 +317,10 @@ class Analysis(Record):
         self.world, self.world_read = name, False
 
     def __enter__(self):
+        # The run keeps every tracked tensor alive: without this, the cyclic garbage collector
+        # would rescan them again and again (compile time superlinear in the number of sites).
+        self._gc = gc.isenabled()
+        gc.disable()
         self.mode.__enter__()
         for t in _tensors(self.inputs, []):
             self.mode.source(t, INPUT)
@@ -327,6 +332,8 @@ class Analysis(Record):
         self.mode.table.clear()
         self.mode.writes.clear()
         self.mode.keep.clear()
+        if self._gc:
+            gc.enable()
         return out
 
     def _pyro_sample(self, msg):
