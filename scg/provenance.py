@@ -332,6 +332,7 @@ class Analysis(Record):
         self.mode.table.clear()
         self.mode.writes.clear()
         self.mode.keep.clear()
+        self.mode.escape = None   # no cycle analysis <-> mode: the run's objects die with it
         if self._gc:
             gc.enable()
         return out
