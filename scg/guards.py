@@ -73,8 +73,8 @@ def first_difference(cached, now, sites):
             s = by_name[name]
             return (f"{s.role} {s.name!r} (step {s.time}) reads {parents.split(',')} in this "
                     f"run but {was.split(',')} in the run its cached plan was derived from, with "
-                    "the same sites and arguments: the model's data flow depends on state outside its "
-                    "arguments, sampled values and parameters (a global, an object's "
+                    "the same sites and arguments: the model's data flow depends on state "
+                    "outside its arguments, sampled values and parameters (a global, an object's "
                     "attribute); pass that state as an argument")
     return ("the escape nodes differ from those of the run the cached plan was derived from "
             f"({[w.split('|')[0] for w in now[1]]} against "
