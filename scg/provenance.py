@@ -278,7 +278,7 @@ class Analysis(Record):
     cost's value) only.
 
     Escape nodes stand for the world outside torch: when tracked values escape (``int(a)``
-    fed to an environment), a node ``escape.k`` is created whose parents are the escaped sites
+    fed to an environment), a node ``escape@t`` is created whose parents are the escaped sites
     and the previous escape node; every later site and cost reads the current one. That keeps
     the conservative rule of design.md §3.2 (after a value escapes, everything later in the run
     is downstream of it) linear in size. ``worlds[name]`` holds each escape node's step, its
@@ -310,11 +310,22 @@ class Analysis(Record):
         if self.world is not None and not self.world_read:
             self.worlds[self.world]["parents"] |= new
             return
-        name = f"escape.{len(self.worlds) + 1}"
+        name = self._escape_name()
         parents = new | ({self.world} if self.world is not None else set())
         self.worlds[name] = {"time": self.time, "order": len(self.sites) - 0.5 +
-                             len(self.worlds) * 1e-6, "parents": parents, "via": func}
+                             len(self.worlds) * 1e-6, "parents": parents, "via": func,
+                             "stepped": bool(self.sites) and "@" in self.sites[-1].name}
         self.world, self.world_read = name, False
+
+    def _escape_name(self):
+        """``escape@t`` for the first escape node of step t (``escape`` outside
+        ``scg.steps``), ``escape.2@t``, ... for later ones: the rolled graph folds them into
+        one node per position in the step, as it does sites."""
+        stepped = bool(self.sites) and "@" in self.sites[-1].name
+        k = sum(1 for a in self.worlds.values() if a["time"] == self.time and
+                a["stepped"] == stepped)
+        base = "escape" if k == 0 else f"escape.{k + 1}"
+        return f"{base}@{self.time}" if stepped else base
 
     def __enter__(self):
         # The run keeps every tracked tensor alive: without this, the cyclic garbage collector
@@ -370,8 +381,9 @@ class Analysis(Record):
         self.bits[name] = set(bit_from - EXTERNAL)
         self.reads[name] = set(reads - EXTERNAL)
         self.parents[name] = set((prov | masked_by) - EXTERNAL)
-        if self.world is not None:
+        if self.world is not None:   # read, conservatively: the world may carry anything
             self.parents[name].add(self.world)
+            self.reads[name].add(self.world)
             self.world_read = True
         if infer["scg_role"] in ("message", "env"):
             self.mode.source(msg["value"], name, sampled=True)

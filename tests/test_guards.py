@@ -282,3 +282,30 @@ def test_wiring_chosen_by_a_parameter_value_makes_the_estimator_dynamic():
         switch.fill_(-1.0)
     est()
     assert set(est.last_plan.graph.edges) == {("b", "r")}
+
+
+def test_escape_nodes_are_drawn_and_roll_into_one():
+    """An environment stepped with int(a): the unrolled picture has one escape node per step,
+    labelled with the op where values left torch; the rolled one folds them into a single
+    ``escape`` node that the policy reads at lag 1 (what a researcher draws)."""
+    from scg import rendering as R
+
+    f = lin(1, 1)
+
+    @scg.network
+    def model(T):
+        state = 0
+        for _ in scg.steps(T):
+            a = scg.message("a", dist.Bernoulli(logits=f(torch.full((1,), float(state)))[0]),
+                            coagent="policy")
+            state = (state + int(a)) % 3
+            scg.reward("r", float(state == 2))
+
+    est = scg.compile(model)
+    spec = R.spec(est.graph(3))
+    escapes = [n for n in spec["nodes"] if n["kind"] == "escape"]
+    assert [n["name"] for n in escapes] == ["escape@0", "escape@1", "escape@2"]
+    assert all("left torch: __int__" in n["label"] for n in escapes)
+    rolled = est.rolled_graph(3)
+    assert rolled.edges["escape", "a"]["lags"] == [1] and rolled.has_edge("a", "escape")
+    assert "a_t | escape_{t−1}" in str(scg.derive(model, 3, est=est))
