@@ -1,8 +1,10 @@
 """``scg.compile``: the estimator of a coagent network.
 
-Per call: run the model under a light recorder, look up the plan for the run's structure
-signature (analysing the structure once, by replaying the run with provenance tracking), then
-emit the surrogate. Its value is ``-(estimate of J)``; its gradient is ``-(estimate of grad J)``:
+Per call: run the model under a light recorder and look up the plan cached for the run's
+structure signature and argument fingerprint (analysing a new structure by replaying the run
+with provenance tracking); or, for the first call, under ``verify`` and once a value has
+escaped torch in any run, analyse the run as it happens and use the plan of its own data flow
+(:mod:`scg.guards`). Then emit the surrogate. Its value is ``-(estimate of J)``; its gradient is ``-(estimate of grad J)``:
 
     sum_c coef_c * c   +   sum_s kappa_s * log p(s) * (R_s - b_s).detach()
 
@@ -59,7 +61,9 @@ def compile(model, **options):
 
     Options: ``gamma``, ``baseline`` (none, avg, loo, critic), ``objective`` (sum, mean),
     ``discount_score`` (default True; False is seed 000's biased rule), ``decay``,
-    ``critic_hidden``.
+    ``critic_hidden``, ``estimator`` (mc, td), ``lam``, ``avg_rate``, ``verify`` (analyse
+    every run and raise where the cached plan would differ; default: the ``SCG_VERIFY``
+    environment variable).
     """
     return Estimator(model, **options)
 
