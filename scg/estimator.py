@@ -4,7 +4,8 @@ Per call: run the model under a light recorder and look up the plan cached for t
 structure signature and argument fingerprint (analysing a new structure by replaying the run
 with provenance tracking); or, for the first call, under ``verify`` and once a value has
 escaped torch in any run, analyse the run as it happens and use the plan of its own data flow
-(:mod:`scg.guards`). Then emit the surrogate. Its value is ``-(estimate of J)``; its gradient is ``-(estimate of grad J)``:
+(:mod:`scg.guards`). Then emit the surrogate. Its value is ``-(estimate of J)``; its
+gradient is ``-(estimate of grad J)``:
 
     sum_c coef_c * c   +   sum_s kappa_s * log p(s) * (R_s - b_s).detach()
 

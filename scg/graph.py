@@ -14,10 +14,10 @@ Node attributes:
     execution_of: on an execution coagent's site, the base name of the unit it drives.
     base: the user's site name without ``@t``.
 
-Escape nodes (role ``escape``, named ``escape@t``, ``escape.2@t``, ... (``escape`` outside steps)) stand for the world outside torch: their
-parents are the sites whose values escaped (``int(a)`` fed to an environment) and the previous
-escape node; every site and cost emitted after one reads it (the conservative fallback of
-design.md §3.2, linear in size).
+Escape nodes (role ``escape``, named ``escape@t``, ``escape.2@t``, ...; ``escape`` outside
+steps) stand for the world outside torch: their parents are the sites whose values escaped
+(``int(a)`` fed to an environment) and the previous escape node; every site and cost emitted
+after one reads it (the conservative fallback of design.md §3.2, linear in size).
 
 Edge attributes ``reads``: v's distribution (a cost: its value) was computed from u's value;
 ``mask``: v is masked by a value computed from u (v's execution bit or its ``scg.done``
