@@ -72,6 +72,8 @@ def compile(model, **options):
 class Estimator(torch.nn.Module):
     """Callable: ``est(*args)`` returns an :class:`Output` for one fresh run of the model."""
 
+    max_plans = 1024  # plans kept per estimator (the oldest analysis is dropped first)
+
     def __init__(self, model, **options):
         super().__init__()
         unknown = sorted(set(options) - set(OPTIONS))
@@ -225,6 +227,8 @@ class Estimator(torch.nn.Module):
             check_sites(sites, analysis)
             plan = self.plans[(sig, flow)] = self.analyse(sites, analysis)
             plan.flow = flow
+            while len(self.plans) > self.max_plans:   # a dynamic model's flows may not repeat
+                self.plans.pop(next(iter(self.plans)))
         if analysis.escaped:
             self.dynamic = True
         else:

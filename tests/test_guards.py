@@ -309,3 +309,22 @@ def test_escape_nodes_are_drawn_and_roll_into_one():
     rolled = est.rolled_graph(3)
     assert rolled.edges["escape", "a"]["lags"] == [1] and rolled.has_edge("a", "escape")
     assert "a_t | escape_{t−1}" in str(scg.derive(model, 3, est=est))
+
+
+def test_the_plan_cache_is_bounded():
+    """A dynamic model whose data flow rarely repeats must not grow the cache without end."""
+    f = lin(1, 1)
+
+    @scg.network
+    def model(k):
+        with scg.episodes(2):
+            ms = [scg.message(f"m{i}", dist.Bernoulli(logits=f(torch.ones(2, 1)).squeeze(-1)),
+                              coagent="f") for i in range(3)]
+            int(ms[k][0])                       # which message escapes: a new flow per k
+            scg.reward("r", ms[0])
+
+    est = scg.compile(model)
+    est.max_plans = 2
+    for k in (0, 1, 2, 0):
+        est(k)
+    assert len(est.plans) == 2 and est.dynamic
