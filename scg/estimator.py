@@ -233,7 +233,7 @@ class Estimator(torch.nn.Module):
             self.dynamic = True
         else:
             cached = self.structures.get((sig, guard))
-            if cached is not None and cached is not plan:
+            if cached is not None and cached.flow != flow:   # not identity: plans get evicted
                 raise ScgError(first_difference(cached.flow, flow, sites))
             self.structures[(sig, guard)] = plan
         return plan
@@ -296,6 +296,9 @@ class Estimator(torch.nn.Module):
     # ---- emission ------------------------------------------------------------------------
     def run(self, args, kwargs, *handlers, update=True):
         sites, value, plan = self.traced(args, kwargs, *handlers)
+        for s in sites:   # both estimators: no score at a value the run did not sample
+            if s.role in ("message", "env"):
+                s.check_unchanged()
         if self.td is not None:
             u, ret = self.td.window(sites, *self._td_params())
             out = self._td_output(u, ret, plan)
@@ -309,8 +312,8 @@ class Estimator(torch.nn.Module):
         try:
             return run(self.model, args, kwargs, *handlers, record=record)
         except (ValueError, RuntimeError) as e:
-            # torch.distributions' validation, or sampling from invalid numbers (the analysis
-            # runs without validation)
+            # torch.distributions' validation, or sampling from invalid numbers (a model
+            # built without validate_args)
             if "Expected parameter" not in str(e) and "inf`, `nan`" not in str(e):
                 raise
             raise ScgError(self._invalid_parameters(e)) from None
@@ -377,9 +380,6 @@ class Estimator(torch.nn.Module):
         C = [torch.stack([cost(sites[i], ref) for i in g.index]) for g in plan.costs]
         for g, c in zip(plan.costs, C):
             _check_finite(g, c, sites)
-        for s in sites:
-            if s.role in ("message", "env"):
-                s.check_unchanged()
         per_cost = [c.reshape(c.shape[0], -1).sum(1) * k for c, k in zip(C, T["coef"])]
         objective = sum(v.sum() for v in per_cost)
         owned = objective.new_zeros(n)

@@ -328,3 +328,42 @@ def test_the_plan_cache_is_bounded():
     for k in (0, 1, 2, 0):
         est(k)
     assert len(est.plans) == 2 and est.dynamic
+
+
+def test_an_evicted_plan_is_rebuilt_without_a_verify_error():
+    """verify compares data flows, not plan objects: a plan dropped from the bounded cache and
+    rebuilt for the same flow is the same plan."""
+    f = lin(1, 1)
+
+    @scg.network
+    def model(n):
+        with scg.episodes(n):
+            m = scg.message("m", dist.Bernoulli(logits=f(torch.ones(n, 1)).squeeze(-1)),
+                            coagent="f")
+            scg.reward("r", m)
+
+    est = scg.compile(model, verify=True)
+    est.max_plans = 1
+    for n in (2, 3, 2):
+        est(n)
+    assert len(est.plans) == 1 and not est.dynamic
+
+
+def test_in_place_edit_is_caught_by_the_online_estimator_too():
+    theta = torch.nn.Parameter(torch.zeros(2))
+    edit = []
+
+    @scg.network
+    def model():
+        with scg.episodes(2):
+            for _ in scg.steps(1):
+                m = scg.message("m", dist.Bernoulli(logits=theta), coagent="pi")
+                scg.reward("r", m)
+                if edit:
+                    m.zero_()
+
+    est = scg.compile(model, estimator="td", verify=False)
+    est()
+    edit.append(True)
+    with pytest.raises(scg.ScgError, match="message 'm@0' .*written in place"):
+        est()
