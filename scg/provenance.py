@@ -3,10 +3,10 @@ left torch (design.md §3.2, §3.4).
 
 An analysed run executes under :class:`Provenance`, a ``TorchFunctionMode``: it sees every
 torch operation of the run (tensor methods, functions, factories such as ``torch.tensor``) and
-keeps, in a side table keyed by *storage*, the set of sources each tensor's data was computed
-from. Keying by storage follows views and in-place writes (``buf[0] = m`` makes ``buf`` depend
-on ``m``, and so does every view of it). The user's program only ever holds plain tensors, so
-nothing tracked can leak into its state between runs.
+keeps, in a side table, the set of sources each tensor's data was computed from: by tensor
+identity for what operations return, by *storage* for in-place writes, so views follow them
+(``buf[0] = m`` makes ``buf`` depend on ``m``, and so does every view of it). The user's
+program only ever holds plain tensors, so nothing tracked can leak into its state between runs.
 
 Escapes are decided by *allow-list*, not by a list of known leaks: an operation on tracked data
 whose result is not a tensor (``int(m)``, ``m.item()``, ``1 in m``, ``torch.equal``, ``f"{m}"``,
@@ -17,6 +17,7 @@ Python value. An in-place write into a sampled value is an error: its score woul
 value the run did not sample.
 """
 
+import contextlib
 import gc
 import os
 import sys
@@ -40,13 +41,13 @@ METADATA = frozenset({
     "__get__", "dim", "ndimension", "size", "numel", "nelement", "__len__", "stride",
     "storage_offset", "element_size", "is_floating_point", "is_complex", "is_signed",
     "is_contiguous", "get_device", "type", "is_pinned", "is_shared", "is_inference",
-    "has_names", "is_nonzero_size", "__dlpack_device__", "register_hook", "backward",
-    "_is_view", "is_set_to", "__hash__", "retain_grad", "__setstate__", "requires_grad_",
-    "_version", "is_coalesced", "dense_dim", "sparse_dim",
+    "has_names", "__dlpack_device__", "register_hook", "backward", "_is_view", "is_set_to",
+    "__hash__", "retain_grad", "__setstate__", "requires_grad_", "is_coalesced", "dense_dim",
+    "sparse_dim",
 })
 DATA_DEPENDENT_SHAPE = frozenset({
     "nonzero", "argwhere", "unique", "unique_consecutive", "masked_select", "bincount",
-    "repeat_interleave", "_unique", "_unique2", "unique_dim", "nonzero_static_",
+    "repeat_interleave", "_unique", "_unique2", "unique_dim",
 })
 _INPLACE_DUNDERS = {f"__i{op}__" for op in (
     "add", "sub", "mul", "matmul", "truediv", "floordiv", "mod", "pow", "lshift", "rshift",
@@ -161,6 +162,26 @@ def _storage(t):
         return ("id", id(t))
 
 
+@contextlib.contextmanager
+def _quiet(mode):
+    """scg's own bookkeeping inside a run: its operations are not the model's escapes."""
+    mode.quiet += 1
+    try:
+        yield
+    finally:
+        mode.quiet -= 1
+
+
+@contextlib.contextmanager
+def _busy(mode):
+    """The mode's own table work: its tensor operations pass through untracked."""
+    mode.busy = True
+    try:
+        yield
+    finally:
+        mode.busy = False
+
+
 class Provenance(TorchFunctionMode):
     """The provenance side table of one analysed run.
 
@@ -185,11 +206,8 @@ class Provenance(TorchFunctionMode):
         """Make ``tensor``'s data a source named ``name`` (called from outside the mode). A
         sampled value's provenance is its site alone: what its draw was computed from reaches
         later readers through the site's own parents."""
-        self.busy = True
-        try:
+        with _busy(self):
             k = _storage(tensor)
-        finally:
-            self.busy = False
         old = frozenset() if sampled else self.table.get(id(tensor), frozenset())
         self.table[id(tensor)] = old | {name}
         self.keep.append(tensor)
@@ -198,19 +216,13 @@ class Provenance(TorchFunctionMode):
 
     def of(self, x):
         """The union of the provenance of every tensor in ``x`` (called from outside the mode)."""
-        self.busy = True
-        try:
+        with _busy(self):
             return self._of(x)
-        finally:
-            self.busy = False
 
     def plain(self, tensor):
         """An untracked copy of ``tensor`` (what a distribution reads, without the data)."""
-        self.busy = True
-        try:
+        with _busy(self):
             return tensor.clone()
-        finally:
-            self.busy = False
 
     def _of(self, x):
         prov = frozenset()
@@ -254,17 +266,6 @@ class Provenance(TorchFunctionMode):
             self.writes[k] = self.writes.get(k, frozenset()) | prov
             self.keep.append(target)
         return ret
-
-
-class _quiet:
-    def __init__(self, mode):
-        self.mode = mode
-
-    def __enter__(self):
-        self.mode.quiet += 1
-
-    def __exit__(self, *exc):
-        self.mode.quiet -= 1
 
 
 class Analysis(Record):
@@ -362,8 +363,7 @@ class Analysis(Record):
         if msg["type"] != "sample" or "scg_role" not in infer:
             return
         super()._postprocess_message(msg)
-        self.mode.quiet += 1
-        try:
+        with _quiet(self.mode):
             if infer["scg_role"] in ("message", "env", "predict"):
                 with pyro.validation_enabled(False):   # bad values are the emitter's to name
                     reads = self.mode.of(msg["fn"].log_prob(self.mode.plain(msg["value"])))
@@ -373,8 +373,6 @@ class Analysis(Record):
                 prov = reads = self.mode.of(msg["value"])
             masked_by = self.mode.of(msg["mask"])
             bit_from = self.mode.of(infer.get("scg_bit"))
-        finally:
-            self.mode.quiet -= 1
         name = msg["name"]
         self.time = infer["scg_time"]
         self.masks[name] = set(masked_by - EXTERNAL)

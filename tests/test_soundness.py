@@ -497,43 +497,27 @@ def test_scalar_reward_inside_episodes():
     exact_or_named_error(lambda: assert_exact(model, [th], world), "scalar")
 
 
-def test_parameter_inside_env_distribution():
-    """(f) scg.env whose distribution has a parameter J depends on: its gradient is exact (it
-    has no score term) or an ScgError names the site."""
+@pytest.mark.parametrize("site", ["noise", "raw"])
+def test_parameter_inside_a_site_without_score(site):
+    """(f) An scg.env site (``noise``) or a raw pyro.sample site (``raw``, not an scg site)
+    whose distribution has a parameter J depends on: its gradient is exact (it has no score
+    term) or an ScgError names the site."""
     th, w_ = p_(0.2), p_(-0.7)
+    draw = scg.env if site == "noise" else pyro.sample
 
     @scg.network
     def model():
         with scg.episodes(1):
-            noise = scg.env("noise", dist.Bernoulli(logits=w_))
-            a = scg.message("a", dist.Bernoulli(logits=th + noise), coagent="f")
-            scg.reward("r", a + noise)
-
-    def world(w):
-        kn = w.bern("noise", w_[0], (0,))
-        ka = w.bern("a", th[0] + kn, (0,))
-        return ka + kn
-
-    exact_or_named_error(lambda: assert_exact(model, [th, w_], world), "noise")
-
-
-def test_parameter_inside_raw_pyro_sample():
-    """(f) The same through a raw pyro.sample site (not an scg site)."""
-    th, w_ = p_(0.2), p_(-0.7)
-
-    @scg.network
-    def model():
-        with scg.episodes(1):
-            z = pyro.sample("raw", dist.Bernoulli(logits=w_))
+            z = draw(site, dist.Bernoulli(logits=w_))
             a = scg.message("a", dist.Bernoulli(logits=th + z), coagent="f")
             scg.reward("r", a + z)
 
     def world(w):
-        kz = w.bern("raw", w_[0], (0,))
+        kz = w.bern(site, w_[0], (0,))
         ka = w.bern("a", th[0] + kz, (0,))
         return ka + kz
 
-    exact_or_named_error(lambda: assert_exact(model, [th, w_], world), "raw")
+    exact_or_named_error(lambda: assert_exact(model, [th, w_], world), site)
 
 
 @pytest.mark.parametrize("where", ["outside_plates", "extra_dim"])
