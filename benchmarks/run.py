@@ -59,7 +59,7 @@ def reps_pyro(n, args):
 def gridworld_throughput(batch, iterations=5):
     """Environment steps per second of the episodic asynchronous gridworld network (estimator
     call, backward and SGD step included); steps are live (not yet finished) episode-steps."""
-    from models.async_gridworld import Gridworld
+    from scg.models.async_gridworld import Gridworld
 
     world = Gridworld(4, 4, 30)
     th = world.units(dtype=torch.float32)

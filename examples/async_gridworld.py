@@ -27,7 +27,7 @@ import torch
 from common import parse
 
 import scg
-from models.async_gridworld import Gridworld
+from scg.models.async_gridworld import Gridworld
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -27,7 +27,7 @@ import torch
 from common import parse
 
 import scg
-from models.matrix_game import (
+from scg.models.matrix_game import (
     VARIANTS,
     Game,
     annealed,

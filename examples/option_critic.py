@@ -29,8 +29,8 @@ import torch
 from common import parse
 
 import scg
-from models.four_rooms import GAMMA, FourRooms, expected_steps, hop_after_move
-from models.option_critic import BETA2, CRITIC_INIT, CRITIC_LR, LAM, LR, Episodes, OptionCritic
+from scg.models.four_rooms import GAMMA, FourRooms, expected_steps, hop_after_move
+from scg.models.option_critic import BETA2, CRITIC_INIT, CRITIC_LR, LAM, LR, Episodes, OptionCritic
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -270,7 +270,7 @@ def page(args, res, seconds):
         "episodes (`OptionCritic.episodes()`; this page at commit 43e2709) measured 2.06× "
         "before and 2.35× after the move. The zoo entry (`scg train option_critic --updates "
         "N`) is this online setting for one run, driven by `scg.Trainer` "
-        "(`models.option_critic.Episodes` restarts the episodes; checkpoints resume "
+        "(`scg.models.option_critic.Episodes` restarts the episodes; checkpoints resume "
         "exactly).",
         "",
         "![learning curve](img/option_critic_learning.png)",

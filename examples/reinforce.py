@@ -26,7 +26,7 @@ import torch
 from common import parse
 
 import scg
-from models.reinforce import Episodes, episode_seeds, mlp
+from scg.models.reinforce import Episodes, episode_seeds, mlp
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -21,7 +21,7 @@ import torch
 from common import parse
 
 import scg
-from models.shared_agents import make_network
+from scg.models.shared_agents import make_network
 
 ROOT = Path(__file__).resolve().parents[1]
 

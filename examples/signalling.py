@@ -18,7 +18,7 @@ from common import parse
 from torch.nn.functional import one_hot
 
 import scg
-from models.signalling import N_MESSAGES, N_STATES, make_network, sample_states
+from scg.models.signalling import N_MESSAGES, N_STATES, make_network, sample_states
 
 
 # ============================================================================================

@@ -28,7 +28,7 @@ import torch
 from common import parse
 
 import scg
-from models.talking_agents import Talk
+from scg.models.talking_agents import Talk
 
 ROOT = Path(__file__).resolve().parents[1]
 

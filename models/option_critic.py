@@ -1,5 +1,5 @@
 """The option-critic (Bacon, Harb & Precup 2017) as a three-coagent asynchronous network
-(Kostas, Nota & Thomas 2020, section 7), on Four Rooms (:mod:`models.four_rooms`).
+(Kostas, Nota & Thomas 2020, section 7), on Four Rooms (:mod:`scg.models.four_rooms`).
 
 At every step t:
 

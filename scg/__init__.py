@@ -4,10 +4,9 @@ References: Williams 1992; Thomas & Barto 2011; Schulman et al. 2015; Kostas, No
 """
 
 from . import zoo  # noqa: E402  (after the names zoo models use)
-from .checking import check
-from .derivation import derive
+from .compiler.provenance import validation
 from .errors import ScgError
-from .estimator import Estimator, Output, compile
+from .estimators.estimator import Estimator, Output, compile
 from .primitives import (
     agents,
     coagent,
@@ -22,9 +21,10 @@ from .primitives import (
     steps,
     value,
 )
-from .provenance import validation
-from .rendering import render
-from .training import Trainer, train
+from .tools.check import check
+from .tools.derive import derive
+from .tools.render import render
+from .train.trainer import Trainer, train
 
 __all__ = ["agents", "check", "coagent", "compile", "cost", "derive", "done", "env", "episodes",
            "Estimator", "message", "network", "Output", "predict", "render", "reward",

@@ -18,6 +18,11 @@ import sys
 
 from . import zoo
 from .errors import ScgError
+from .estimators.estimator import compile
+from .tools.check import check as run_check
+from .tools.derive import derive as rules
+from .tools.render import render as draw
+from .train.trainer import Trainer
 
 FORMATS = ("svg", "png", "pdf", "dot", "gv")
 
@@ -108,8 +113,6 @@ def models(args):
 
 
 def train(args):
-    from .training import Trainer
-
     s = load(args)
     options = dict(s.options)
     if args.baseline:
@@ -146,9 +149,6 @@ def train(args):
 
 
 def render(args):
-    from .estimator import compile
-    from .rendering import render as draw
-
     s = load(args)
     fmt = os.path.splitext(args.output)[1].lstrip(".").lower()
     if fmt not in FORMATS:
@@ -174,9 +174,6 @@ def render(args):
 
 
 def derive(args):
-    from .derivation import derive as rules
-    from .estimator import compile
-
     s = load(args)
     d = rules(s.network, *s.example, est=compile(s.network, **s.options))
     print(d.latex() if args.latex else d)
@@ -184,8 +181,6 @@ def derive(args):
 
 
 def check(args):
-    from .checking import check as run_check
-
     s = load(args)
     network, example, options = s.check or (s.network, s.example, s.options)
     report = run_check(network, *example, method=args.method, **options)

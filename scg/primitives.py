@@ -2,7 +2,7 @@
 
 Every site is a Pyro sample site, so models compose with ``poutine.trace``, ``replay``,
 ``condition`` and ``pyro.plate``; scg's metadata rides in the site's ``infer`` dict
-(see :mod:`scg.runtime` for the keys).
+(see :mod:`scg.core.context` for the keys).
 """
 
 import functools
@@ -13,9 +13,8 @@ import torch
 from pyro.poutine.broadcast_messenger import BroadcastMessenger
 from pyro.poutine.subsample_messenger import SubsampleMessenger
 
-from .asynchrony import asynchronous_message
-from .errors import ScgError
-from .runtime import (
+from .core.asynchrony import asynchronous_message
+from .core.context import (
     FAST_FRAMES,
     RunContext,
     active_plates,
@@ -25,6 +24,7 @@ from .runtime import (
     require_run,
     sample_site,
 )
+from .errors import ScgError
 
 ROLES = ("message", "env", "predict", "reward", "cost", "value")
 COSTS = ("predict", "reward", "cost")
@@ -97,7 +97,7 @@ def message(name, fn, coagent=None, execute=None, init=None, reparam=False):
 
     Credit reaches the coagent through its score term ``log p(m | parents)``; with
     ``reparam=True`` the value is a reparameterised sample and gradients flow pathwise instead.
-    ``execute``/``init`` make the unit asynchronous (:mod:`scg.asynchrony`).
+    ``execute``/``init`` make the unit asynchronous (:mod:`scg.core.asynchrony`).
     """
     _check_name(name)
     coagent = coagent or getattr(fn, "_scg_coagent", None)
@@ -165,7 +165,8 @@ def cost(name, value, coagent=None):
 
 
 def value(name, v):
-    """A learned state value V(s_t) for bootstrapping (``estimator="td"``, :mod:`scg.online`).
+    """A learned state value V(s_t) for bootstrapping (``estimator="td"``,
+    :mod:`scg.estimators.online`).
 
     Not a cost and never a baseline: the TD estimator uses it in its TD errors and trains it by
     semi-gradient TD(lambda); the Monte Carlo estimator ignores it.

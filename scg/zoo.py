@@ -1,12 +1,11 @@
 """The model zoo's registry: named models the CLI and the docs can train, draw and check.
 
 A zoo entry is a function returning a :class:`Setup`: the network, how to make its inputs for
-each update, small arguments for pictures and rules, and training defaults. The zoo itself lives
-in the ``models`` package (each module registers its entries when imported); a model can also
-be named as ``path/to/file.py:function``. The zoo is the importable top-level package
-``models``: a user's own package of that name earlier on ``sys.path`` shadows it (name
-models by file then) where the function returns a :class:`Setup` (or is an
-``@scg.network`` taking no arguments).
+each update, small arguments for pictures and rules, and training defaults. The zoo itself is
+the package ``scg.models`` (the repository's ``models/`` folder; each module registers its
+entries when imported), so it never clashes with a user's own ``models`` package. A model can
+also be named as ``path/to/file.py:function``, where the function returns a :class:`Setup` (or
+is an ``@scg.network`` taking no arguments).
 """
 
 import importlib
@@ -63,11 +62,7 @@ def register(name, summary):
 
 
 def _load_zoo():
-    try:
-        importlib.import_module("models")
-    except ModuleNotFoundError as e:
-        if e.name != "models":
-            raise
+    importlib.import_module("scg.models")
 
 
 def names():

@@ -11,7 +11,7 @@ import torch
 
 import scg
 from networks import REGISTRY, lin
-from scg import rendering as R
+from scg.tools import render as R
 
 
 def test_analysis_is_cached_per_structure(monkeypatch):
@@ -164,7 +164,7 @@ def test_pyro_param_store_untouched():
 def test_fast_path_equals_pyro_path(name):
     """With only scg's handlers active, sites skip Pyro's generic stack; under any other
     handler (here an inert poutine.block) they take the full path: the same run either way."""
-    from scg.trace import run
+    from scg.core.record import run
 
     model, args, opts = REGISTRY[name]()
     torch.manual_seed(5)
@@ -187,8 +187,8 @@ def test_fast_path_equals_pyro_path(name):
 def test_batched_group_log_prob_equals_per_site():
     """Bernoulli/Categorical groups are scored as one distribution over stacked logits: the
     same values and gradients as one log_prob per site (masks included)."""
-    from scg.terms import group_log_prob, log_prob
-    from scg.trace import run
+    from scg.core.record import run
+    from scg.core.terms import group_log_prob, log_prob
 
     model, args, opts = REGISTRY["async_fixed"]()
     sites, _ = run(model, args, {})
@@ -213,7 +213,7 @@ def test_batched_group_log_prob_equals_per_site():
 def test_loo_baseline_averages_only_running_episodes(monkeypatch):
     """After episode 0 finishes, the two running episodes' leave-one-out baselines average
     each other only (1), not the finished episode's return of 0 too (0.5)."""
-    from scg import baselines
+    from scg.estimators import baselines
 
     seen = []
     rule = baselines.RULES["loo"]

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import scg
-from models.async_gridworld import Gridworld
-from scg.checking import log_prob, trajectories
+from scg.models.async_gridworld import Gridworld
+from scg.tools.check import log_prob, trajectories
 
 ROOT = Path(__file__).resolve().parents[1]
 

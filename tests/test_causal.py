@@ -6,8 +6,8 @@ import torch
 
 import scg
 from networks import REGISTRY
-from scg import graph as G
-from scg.trace import Fix, run
+from scg.compiler import graph as G
+from scg.core.record import Fix, run
 
 
 def observe(site):
@@ -112,7 +112,7 @@ def test_graph_passes_validate_and_print():
 def test_tracked_operators_compute_the_same_values():
     """Provenance tracking must never change a value (``~`` once matched the in-place rule and
     returned its operand unchanged), and follows in-place writes and views by storage."""
-    from scg.provenance import Provenance
+    from scg.compiler.provenance import Provenance
 
     escapes = []
     mode = Provenance(lambda prov, func: escapes.append((set(prov), func)))

@@ -12,7 +12,7 @@ import torch
 from torch.nn.functional import logsigmoid, softplus
 
 import scg
-from scg.checking import objective, space_size, trajectories
+from scg.tools.check import objective, space_size, trajectories
 
 
 def flat(gs):

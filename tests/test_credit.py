@@ -8,8 +8,8 @@ import networkx as nx
 import pytest
 import torch
 
-from scg import graph as G
-from scg import plan as P
+from scg.compiler import graph as G
+from scg.compiler import plan as P
 
 
 @pytest.mark.parametrize("n, gamma", [(1, 0.9), (7, 1.0), (300, 0.97), (1025, 0.5)])

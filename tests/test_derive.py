@@ -7,9 +7,9 @@ import torch
 
 import scg
 from networks import OC_MOVES, REGISTRY, SHAPES, oh
-from scg import graph as G
-from scg.checking import log_prob, trajectories
-from scg.recurrence import split
+from scg.compiler import graph as G
+from scg.compiler.passes import split
+from scg.tools.check import log_prob, trajectories
 
 
 def derived(entry, **extra):

@@ -5,7 +5,7 @@ import torch
 
 import scg
 from networks import REGISTRY
-from scg.baselines import KINDS
+from scg.estimators.baselines import KINDS
 
 
 def warm(est, args, n=5):

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import scg
-from scg.trace import Fix
+from scg.core.record import Fix
 
 GAMMA = 0.9
 
@@ -146,7 +146,7 @@ def test_nan_padding_of_finished_episodes_gives_the_exact_gradient(baseline, pre
 
 # ---- 3. asynchrony makes its tensors on the unit's device -------------------------------------
 def test_asynchrony_tensors_follow_the_distribution_device(monkeypatch):
-    from scg import asynchrony
+    from scg.core import asynchrony
 
     meta = torch.zeros(3, device="meta")
     fn = dist.Bernoulli(logits=meta, validate_args=False)
@@ -247,8 +247,8 @@ def test_reward_dtype_differs_from_the_model(model_dtype, reward_dtype, numpy_re
 
 # ---- 5. critic features do not depend on lazily computed attributes -------------------------
 def test_critic_features_ignore_lazy_attributes():
-    from scg.baselines import features
-    from scg.trace import Site
+    from scg.core.record import Site
+    from scg.estimators.baselines import features
 
     logits = torch.tensor([[0.2, -1.0, 0.5], [1.5, 0.0, -0.3]])
     fn = dist.Categorical(logits=logits)

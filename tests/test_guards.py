@@ -8,7 +8,7 @@ import torch
 
 import scg
 from networks import REGISTRY, lin
-from scg.provenance import Provenance
+from scg.compiler.provenance import Provenance
 
 
 def escapes_of(fn, *tensors):
@@ -288,7 +288,7 @@ def test_escape_nodes_are_drawn_and_roll_into_one():
     """An environment stepped with int(a): the unrolled picture has one escape node per step,
     labelled with the op where values left torch; the rolled one folds them into a single
     ``escape`` node that the policy reads at lag 1 (what a researcher draws)."""
-    from scg import rendering as R
+    from scg.tools import render as R
 
     f = lin(1, 1)
 

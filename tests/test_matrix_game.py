@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import scg
-from models.matrix_game import (
+from scg.models.matrix_game import (
     PAYOFF,
     VARIANTS,
     Game,
@@ -23,7 +23,7 @@ from models.matrix_game import (
     factored_objective,
     mutual_information,
 )
-from scg.checking import log_prob, trajectories
+from scg.tools.check import log_prob, trajectories
 
 ROOT = Path(__file__).resolve().parents[1]
 PQ = [(0.5, 0.5), (0.2, 0.2), (0.1, 0.1), (0.3, 0.7), (0.9, 0.15)]

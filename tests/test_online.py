@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import scg
-from scg.checking import log_prob, trajectories
+from scg.tools.check import log_prob, trajectories
 
 GAMMA = 0.8
 
@@ -121,7 +121,7 @@ def test_windows_of_one_step_equal_one_window(lam):
     split = scg.compile(one_step, estimator="td", lam=lam, gamma=GAMMA)
     s, total = s0, 0.0
     for t in range(3):
-        o = split.run((s, t), {}, scg.trace.Fix({"a@0": values[f"a@{t}"]}))
+        o = split.run((s, t), {}, scg.core.record.Fix({"a@0": values[f"a@{t}"]}))
         s, total = o.value, total + o.loss
     u2 = -flat(total + split.finish().loss, [theta, V])
     assert torch.allclose(u1, u2, atol=1e-12)
@@ -209,7 +209,7 @@ def test_finish_of_some_episodes_equals_separate_runs(lam):
     acts = {0: [1, 0, 1], 1: [0, 1, 1]}   # per plate element, per window
 
     def run(est, s, t, a):
-        return est.run((s, t), {}, scg.trace.Fix({"a@0": a.float()}))
+        return est.run((s, t), {}, scg.core.record.Fix({"a@0": a.float()}))
 
     est = scg.compile(one_step, estimator="td", lam=lam, gamma=GAMMA)
     s, t, total = torch.tensor([0, 1]), torch.tensor([0, 0]), 0.0
@@ -270,7 +270,7 @@ def test_a_parameter_first_used_in_a_later_window(lam):
     s, total = s0, 0.0
     for t in range(3):
         fix = {"a@0": values[f"a@{t}"]} | ({"b@0": values[f"b@{t}"]} if t else {})
-        o = split.run((s, t), {}, scg.trace.Fix(fix))
+        o = split.run((s, t), {}, scg.core.record.Fix(fix))
         s, total = o.value, total + o.loss
     u2 = -flat(total + split.finish().loss, [theta, phi, V])
     assert u1[2:4].abs().max() > 0

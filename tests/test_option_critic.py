@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import scg
-from models.four_rooms import (
+from scg.models.four_rooms import (
     FAIL,
     GAMMA,
     FourRooms,
@@ -24,7 +24,7 @@ from models.four_rooms import (
     parse,
     transition,
 )
-from models.option_critic import OptionCritic, inputs_for, tiny
+from scg.models.option_critic import OptionCritic, inputs_for, tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 UP, DOWN, LEFT, RIGHT = range(4)
@@ -294,7 +294,7 @@ def test_online_step_network_is_the_episodic_network_one_step_at_a_time():
         fix = {"option@0": values[f"option@{t}"], "action@0": values[f"action@{t}"],
                "s@0": values[f"s@{t + 1}"],
                "term@0": values.get(f"term@{t}", torch.tensor([1.0], dtype=torch.float64))}
-        o = est.run((s, w, first, goal, run), {}, scg.trace.Fix(fix))
+        o = est.run((s, w, first, goal, run), {}, scg.core.record.Fix(fix))
         total = total + o.loss
         s, w, arrived = o.value
         first = torch.tensor([False])

@@ -10,7 +10,7 @@ import torch
 from torch.nn.functional import one_hot
 
 import scg
-from scg.baselines import KINDS
+from scg.estimators.baselines import KINDS
 
 
 def random_network(seed):

@@ -7,7 +7,7 @@ import torch
 
 import scg
 from networks import REGISTRY, lin, oh
-from scg import recurrence as R
+from scg.compiler import passes as R
 
 
 def two_units(T=3):
@@ -93,11 +93,11 @@ def test_async_network_matches_enumeration():
 
 
 def test_render_rolled_view_dashes_back_edges():
-    from scg import rendering
+    from scg.tools import render
 
     model, args = two_units(3)
     est = scg.compile(model)
-    s = rendering.spec(est.rolled_graph(*args))
+    s = render.spec(est.rolled_graph(*args))
     assert s["back"] == {("u", "u"): [1], ("v", "r"): [0, 1, 2], ("v.exec", "r"): [0, 1, 2]}
     assert next(n for n in s["nodes"] if n["name"] == "v.exec")["kind"] == "exec"
     src = scg.render(model, *args, rolled=True).source

@@ -22,8 +22,8 @@ import pytest
 import torch
 
 import scg
-from models.reinforce import Episodes, build, episode_seeds, mlp, tilted_cartpole
-from scg.checking import log_prob, trajectories
+from scg.models.reinforce import Episodes, build, episode_seeds, mlp, tilted_cartpole
+from scg.tools.check import log_prob, trajectories
 
 ROOT = Path(__file__).resolve().parents[1]
 

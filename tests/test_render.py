@@ -7,8 +7,8 @@ import pytest
 
 import scg
 from networks import REGISTRY, SHAPES
-from scg import rendering as R
 from scg.errors import ScgError
+from scg.tools import render as R
 
 
 def spec_of(entry, rolled=False, unrolled=None, credit=True):

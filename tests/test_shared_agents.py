@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import scg
-from models.shared_agents import Policy, make_network, observations, team_reward
 from scg.errors import ScgError
+from scg.models.shared_agents import Policy, make_network, observations, team_reward
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import scg
-from models.talking_agents import Talk, bounds, entropy, entropy_rate, stationary
 from scg.errors import ScgError
+from scg.models.talking_agents import Talk, bounds, entropy, entropy_rate, stationary
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [[0.9, 0.1], [0.2, 0.8]]

@@ -14,9 +14,9 @@ import torch
 
 import scg
 from networks import REGISTRY
-from scg import checkpoint as C
 from scg.errors import ScgError
-from scg.training import plot, read_csv, robbins_monro, schedule
+from scg.train import checkpoint as C
+from scg.train.trainer import plot, read_csv, robbins_monro, schedule
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

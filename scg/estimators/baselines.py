@@ -12,8 +12,8 @@
 
 import torch
 
-from .errors import ScgError
-from .terms import canonical_params, masked
+from ..core.terms import canonical_params, masked
+from ..errors import ScgError
 
 KINDS = ("none", "avg", "loo", "critic")
 
@@ -66,7 +66,7 @@ def critic(est, group, R, sites, update):
 
 def features(site):
     """A site's local state for its critic: its distribution's canonical parameters
-    (:func:`scg.terms.canonical_params`, detached, flattened in name order) and t. The same
+    (:func:`scg.core.terms.canonical_params`, detached, flattened in name order) and t. The same
     features whichever parameterisation the distribution was built with (``logits`` or
     ``probs``) and whatever it has computed lazily since."""
     fn, batch = site.fn, site.fn.batch_shape

@@ -19,8 +19,8 @@ import pyro.distributions as dist
 import torch
 from pyro import poutine
 
-from .errors import ScgError
-from .runtime import expands_to, require_run, sample_site
+from ..errors import ScgError
+from .context import expands_to, require_run, sample_site
 from .terms import canonical_params
 
 

@@ -22,7 +22,7 @@ from pyro.poutine.mask_messenger import MaskMessenger
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.runtime import _PYRO_STACK
 
-from .errors import ScgError
+from ..errors import ScgError
 
 
 class RunContext(Messenger):

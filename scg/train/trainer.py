@@ -24,8 +24,9 @@ import time
 import pyro
 import torch
 
+from ..errors import ScgError
+from ..estimators.estimator import Estimator, compile
 from . import checkpoint as C
-from .errors import ScgError
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
               "rmsprop": torch.optim.RMSprop, "adagrad": torch.optim.Adagrad}
@@ -63,7 +64,7 @@ def schedule(spec, total):
         return spec
     if spec not in SCHEDULES:
         raise ScgError(f"unknown schedule {spec!r}; valid: {sorted(SCHEDULES)} or a callable "
-                       "step -> factor (e.g. scg.training.robbins_monro(tau, kappa))")
+                       "step -> factor (e.g. scg.train.trainer.robbins_monro(tau, kappa))")
     return SCHEDULES[spec](total)
 
 
@@ -124,8 +125,6 @@ class Trainer:
                  schedule=None, seed=None, out=None, checkpoint_every=0, progress=True,
                  tensorboard=False, max_grad_norm=None, modules=None, callback=None,
                  done=None, **options):
-        from .estimator import Estimator, compile
-
         if isinstance(model, Estimator):
             if options:
                 raise ScgError(f"compile options {sorted(options)} given with an already "

@@ -4,7 +4,7 @@ Per call: run the model under a light recorder and look up the plan cached for t
 structure signature and argument fingerprint (analysing a new structure by replaying the run
 with provenance tracking); or, for the first call, under ``verify`` and once a value has
 escaped torch in any run, analyse the run as it happens and use the plan of its own data flow
-(:mod:`scg.guards`). Then emit the surrogate. Its value is ``-(estimate of J)``; its
+(:mod:`scg.compiler.guards`). Then emit the surrogate. Its value is ``-(estimate of J)``; its
 gradient is ``-(estimate of grad J)``:
 
     sum_c coef_c * c   +   sum_s kappa_s * log p(s) * (R_s - b_s).detach()
@@ -18,16 +18,16 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..compiler import graph as G
+from ..compiler import plan as P
+from ..compiler.guards import arguments, check_replay, check_sites, data_flow, first_difference
+from ..compiler.passes import roll
+from ..compiler.provenance import Analysis
+from ..core.record import run
+from ..core.terms import common_float, cost, group_log_prob, predictor_log_prob
+from ..errors import ScgError
 from . import baselines as B
-from . import graph as G
-from . import plan as P
-from .errors import ScgError
-from .guards import arguments, check_replay, check_sites, data_flow, first_difference
 from .online import TD
-from .provenance import Analysis
-from .recurrence import roll
-from .terms import common_float, cost, group_log_prob, predictor_log_prob
-from .trace import run
 
 OPTIONS = {
     "gamma": 1.0,            # discount, in [0, 1]
@@ -36,7 +36,7 @@ OPTIONS = {
     "discount_score": True,  # False: seed 000's common rule without gamma^t_s (biased)
     "decay": 0.9,            # the avg baseline's decay
     "critic_hidden": 32,     # hidden units of each coagent's critic
-    "estimator": "mc",       # mc (exact score-function surrogate) | td (online, scg.online)
+    "estimator": "mc",       # mc (exact score-function surrogate) | td (online TD)
     "lam": 1.0,              # td: trace decay lambda in [0, 1]
     "avg_rate": 0.01,        # td with objective="average": step size of the reward average
     "verify": None,          # analyse every run, raise where the cached plan would differ
@@ -136,7 +136,7 @@ class Estimator(torch.nn.Module):
 
     def rolled_graph(self, *args, **kwargs):
         """The rolled graph (one node per site name, back edges to earlier steps): see
-        :func:`scg.recurrence.roll`."""
+        :func:`scg.compiler.passes.roll`."""
         return roll(self.graph(*args, **kwargs))
 
     def parameters(self, coagent=None, recurse=True):

@@ -28,10 +28,10 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.runtime import _PYRO_STACK
 from torch.overrides import TorchFunctionMode
 
-from .errors import ScgError
+from ..core.context import FAST_FRAMES
+from ..core.record import Record
+from ..errors import ScgError
 from .guards import check_raw_sample
-from .runtime import FAST_FRAMES
-from .trace import Record
 
 INPUT = "<inputs>"  # the source of the model's tensor arguments
 PARAMS = "<parameters>"  # the source of every leaf tensor that requires grad (parameters)

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from pyro.poutine.messenger import Messenger
 
-from .errors import ScgError
-from .runtime import FAST_FRAMES
+from ..errors import ScgError
+from .context import FAST_FRAMES
 
 
 @dataclass

@@ -13,7 +13,7 @@ every step, ``unroll(roll(g), T)`` has exactly ``g``'s nodes and edges. A site o
 
 import networkx as nx
 
-from .errors import ScgError
+from ..errors import ScgError
 from .graph import downstream_costs
 
 KEEP = ("role", "coagent", "dist", "reparam", "execution_of", "execute", "plates", "shape",

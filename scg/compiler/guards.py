@@ -21,7 +21,7 @@ import numbers
 
 import torch
 
-from .errors import ScgError
+from ..errors import ScgError
 
 SMALL_ARRAY = 4096  # numpy arguments up to this many elements are guarded by value
 

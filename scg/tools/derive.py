@@ -18,7 +18,8 @@ policy over options, and a unit reading that unit's output an intra-option polic
 
 from dataclasses import dataclass, field
 
-from .recurrence import roll, rolled_credit
+from ..compiler.passes import roll, rolled_credit
+from ..estimators.estimator import compile
 
 BASELINES = {
     "none": ("b = 0", "no baseline"),
@@ -400,8 +401,6 @@ def derive(model, *args, est=None, **kwargs):
         est: a compiled estimator whose options (γ, baseline, estimator) the rule shows;
             ``scg.compile(model)`` if None.
     """
-    from .estimator import compile
-
     est = est or compile(model)
     g = est.graph(*args, **kwargs)
     shared = {}

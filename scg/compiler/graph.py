@@ -30,8 +30,8 @@ reads the escape node u.
 
 import networkx as nx
 
-from .errors import ScgError
-from .primitives import COSTS, ROLES
+from ..errors import ScgError
+from ..primitives import COSTS, ROLES
 
 
 def build(sites, parents, masks=None, bits=None, reads=None, worlds=None):

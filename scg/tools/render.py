@@ -18,9 +18,10 @@ Conventions (Pyro's plate notation, plus roles and time):
 
 import graphviz
 
-from . import graph as G
-from .errors import ScgError
-from .recurrence import roll, rolled_credit, unroll
+from ..compiler import graph as G
+from ..compiler.passes import roll, rolled_credit, unroll
+from ..errors import ScgError
+from ..estimators.estimator import compile
 
 STYLE = {
     "message": {"shape": "ellipse"},
@@ -158,8 +159,6 @@ def render(model, *args, est=None, rolled=False, unrolled=None, credit=False, **
         unrolled: draw the rolled structure unrolled for this many steps.
         credit: overlay the credit assignment (dotted red edges site -> credited cost).
     """
-    from .estimator import compile
-
     est = est or compile(model)
     g, cr = view(est, args, kwargs, rolled=rolled, unrolled=unrolled)
     return to_graphviz(spec(g, cr if credit else None))

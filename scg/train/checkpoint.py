@@ -12,7 +12,7 @@ import tempfile
 import numpy as np
 import torch
 
-from .errors import ScgError
+from ..errors import ScgError
 
 
 def save(path, state):

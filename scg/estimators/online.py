@@ -36,8 +36,8 @@ parameters it trains (one copy, one memo): traces are matched to the copied para
 
 import torch
 
-from .errors import ScgError
-from .terms import cost, log_prob, masked
+from ..core.terms import cost, log_prob, masked
+from ..errors import ScgError
 
 
 class TD:

@@ -15,7 +15,7 @@ import copy
 import pyro.distributions as dist
 import torch
 
-from .errors import ScgError
+from ..errors import ScgError
 
 
 def masked(x, mask):

@@ -5,8 +5,8 @@ The oracle derives J(theta) from each run's recorded sites with its own code
 estimator's plan or ``out.objective``. The estimator is called as a user calls it, once per run.
 
 Enumeration (discrete, few sites): J(theta) = sum_tau p(tau) J(tau) over every joint value of
-the latent sites, set through :class:`~scg.trace.Fix` (latent, not observed); autograd gives the
-exact grad J over every parameter J reaches (found by walking its autograd graph), and
+the latent sites, set through :class:`~scg.core.record.Fix` (latent, not observed); autograd
+gives the exact grad J over every parameter J reaches (found by walking its autograd graph), and
 sum_tau p(tau) grad(-loss(tau)) is the estimator's expectation. Baselines are frozen. The two
 must agree to float precision. A parameter J reaches that the estimator does not train, or an
 exact gradient of zero (a comparison any estimator passes), is not OK.
@@ -33,9 +33,9 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.trace_messenger import TraceMessenger
 from pyro.poutine.util import site_is_subsample
 
-from .errors import ScgError
-from .estimator import Estimator, compile
-from .trace import Fix, run
+from ..core.record import Fix, run
+from ..errors import ScgError
+from ..estimators.estimator import Estimator, compile
 
 LATENT = ("message", "env")
 COSTS = ("reward", "cost", "predict")
@@ -307,8 +307,8 @@ def estimator_run(est, args, values):
 
 
 def trajectories(est: Estimator, args):
-    """Every joint value of the latent sites, as the :class:`~scg.estimator.Output` of the
-    estimator's run it fixes (``est.run(args, {}, Fix(values), update=False)``)."""
+    """Every joint value of the latent sites, as the :class:`~scg.estimators.estimator.Output`
+    of the estimator's run it fixes (``est.run(args, {}, Fix(values), update=False)``)."""
     for values, _ in joint_values(est.model, args):
         yield estimator_run(est, args, values)
 
