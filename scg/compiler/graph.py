@@ -97,6 +97,16 @@ def costs(g):
     return [n for n, a in g.nodes(data=True) if a["role"] in COSTS]
 
 
+def cost_order(g):
+    """The costs grouped as the plan groups them: by (batch shape, plates), groups in order of
+    first appearance, execution order within each group."""
+    groups = {}
+    for c in sorted(costs(g), key=lambda n: g.nodes[n]["order"]):
+        a = g.nodes[c]
+        groups.setdefault((a["shape"], a["plates"]), []).append(c)
+    return [c for cs in groups.values() for c in cs]
+
+
 def downstream_costs(g):
     """The causal pass: for each stochastic site, the costs it can influence (its descendants),
     in execution order. Returns a new dict; the graph is not changed."""

@@ -1,5 +1,10 @@
-"""Recurrence over time: the rolled graph (one node per site name, cycles allowed) and its
-unrolling into the DAG over time that the estimator uses (design.md sections 3 and 5).
+"""Passes over the dependency graph: each takes a graph and returns a new one (or a new value
+computed from it), never changing its input, so passes compose and are tested alone.
+
+- :func:`owned`: unlabelled costs get the coagent owning their pathwise gradient.
+- :func:`causal`: every stochastic site gets its downstream costs (design.md §3.3), the
+  credit the plan emits.
+- :func:`roll` / :func:`unroll`: recurrence over time (design.md §3 and §5).
 
 Tracing a run of ``scg.steps(T)`` already yields the unrolled graph: one node ``name@t`` per
 site and step, edges from real data flow. :func:`roll` folds it into the rolled graph: node
@@ -9,16 +14,44 @@ edges may close cycles. :func:`unroll` goes the other way for ``T`` steps, repea
 structure at every step where both ends exist; on a network whose structure is the same at
 every step, ``unroll(roll(g), T)`` has exactly ``g``'s nodes and edges. A site outside
 ``scg.steps`` (before or after the loop) is linked to every step of a stepped neighbour.
+
+Execution coagents are not a graph pass: an execution bit is drawn while the model runs, so
+its ``name.exec`` site is recorded like any other (:mod:`scg.core.asynchrony`) and arrives in
+the graph with ``execution_of`` set and an ``execute`` edge to its unit.
 """
 
 import networkx as nx
 
 from ..errors import ScgError
-from .graph import downstream_costs
+from .graph import cost_order, downstream_bits, downstream_costs, stochastic
 
 KEEP = ("role", "coagent", "dist", "reparam", "execution_of", "execute", "plates", "shape",
         "owner")
 FLAGS = ("mask", "execute", "reads")  # edge flags kept when rolling: true if any occurrence
+
+
+def owned(g, cost_owner):
+    """A new graph in which each unlabelled cost named in ``cost_owner`` has attribute
+    ``owner``: the coagent owning its pathwise gradient (None: no coagent's)."""
+    h = g.copy()
+    for c, o in cost_owner.items():
+        h.nodes[c]["owner"] = o
+    return h
+
+
+def causal(g):
+    """The causal pass: a new graph in which every stochastic site has attribute
+    ``downstream``, the costs among its descendants as a bitset (a Python int) over
+    ``h.graph["costs"]``: the costs in the plan's grouping (by batch shape and plates, groups
+    in order of first appearance, execution order within a group), so that each cost group is
+    one contiguous range of bits."""
+    h = g.copy()
+    order = cost_order(g)
+    bits = downstream_bits(g, order)
+    h.graph["costs"] = order
+    for s in stochastic(g):
+        h.nodes[s]["downstream"] = bits[s]
+    return h
 
 
 def split(name):

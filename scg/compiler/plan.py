@@ -1,7 +1,7 @@
 """The plan: a cached, tensor-light recipe that turns one run's sites into surrogate losses.
 
-Built once per structure signature from the analysed graph (the causal pass gives each
-stochastic site's downstream costs). Per call, the estimator only stacks log-probabilities and
+Built once per structure signature from the analysed graph (after the passes, each stochastic
+site carries its downstream costs). Per call, the estimator only stacks log-probabilities and
 costs by group and applies the credit: no provenance and no networkx work.
 
 For a score site s and a cost c downstream of it, the credit weight is
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import graph as G
+from . import graph
 
 ELEMENTWISE = ("episodes", "plate", "independent")
 
@@ -32,14 +32,6 @@ def _scale(plates):
         if kind == "episodes":
             n *= size
     return 1.0 / n
-
-
-def _group(names, attrs):
-    groups = {}
-    for n in names:
-        key = (attrs[n]["shape"], attrs[n]["plates"])
-        groups.setdefault(key, []).append(n)
-    return groups
 
 
 def _reduction(cost_key, site_key):
@@ -127,54 +119,66 @@ def _owners(owner, device):
     return own, (torch.tensor(free, device=device) if free else None)
 
 
-def build(g, gamma, objective="sum", discount_score=True, cost_owner=None):
+def build(g, gamma, objective="sum", discount_score=True):
     """Compile an analysed graph into a :class:`Plan`.
 
-    ``cost_owner`` maps cost names to the coagent owning their pathwise gradient (None: unowned).
+    ``g`` has been through the passes :func:`~scg.compiler.passes.owned` (each unlabelled
+    cost's ``owner``) and :func:`~scg.compiler.passes.causal` (each stochastic site's
+    ``downstream`` costs, over ``g.graph["costs"]``).
     """
     attrs = dict(g.nodes(data=True))
-    order = {n: a["order"] for n, a in attrs.items()}
     horizon = 1 + max((a["time"] for a in attrs.values()), default=0)
     per_step = 1.0 / horizon if objective == "mean" else 1.0
     coagents = sorted({a["coagent"] for a in attrs.values() if a["coagent"] is not None})
     index = {c: i for i, c in enumerate(coagents)}
-    cost_owner = cost_owner or {}
-
-    def mk(groups):
-        return [Group(ns, [order[n] for n in ns], k[0], k[1]) for k, ns in groups.items()]
-
-    site_groups = mk(_group(G.stochastic(g), attrs))
-    cost_groups = mk(_group(G.costs(g), attrs))
-    t = lambda n: attrs[n]["time"]  # noqa: E731
+    site_groups = _groups(graph.stochastic(g), attrs)
+    cost_groups = _groups(g.graph["costs"], attrs)
     cscale = {c: _scale(attrs[c]["plates"]) * per_step for cg in cost_groups for c in cg.names}
-    credit, scans = {}, []
+    credit, scans, offset = {}, [], 0
     for j, cg in enumerate(cost_groups):
-        times = [t(c) for c in cg.names]
+        times = [attrs[c]["time"] for c in cg.names]
         scans.append(scan_levels([gamma ** (b - a) for a, b in zip(times, times[1:])] + [0.0]))
-        bits = G.downstream_bits(g, cg.names)
         for i, sg in enumerate(site_groups):
-            rows = []
-            for k, s in enumerate(sg.names):
-                ratio = cscale[cg.names[0]] / _scale(attrs[s]["plates"])
-                for a, b in G.runs(bits[s]):
-                    wa = gamma ** (times[a] - t(s)) * ratio
-                    wb = wa * gamma ** (times[b] - times[a]) if b < len(times) else 0.0
-                    rows.append((k, a, b, wa, wb))
-            if rows:
-                cols = list(zip(*rows))
-                credit[(i, j)] = Credit(
-                    torch.tensor(cols[0]), torch.tensor(cols[1]), torch.tensor(cols[2]),
-                    torch.tensor(cols[3], dtype=torch.float64),
-                    torch.tensor(cols[4], dtype=torch.float64),
-                    *_reduction((cg.shape, cg.plates), (sg.shape, sg.plates)))
+            c = _credit(sg, cg, attrs, times, offset, cscale[cg.names[0]], gamma)
+            if c is not None:
+                credit[(i, j)] = c
+        offset += len(cg.names)
+    t = lambda n: attrs[n]["time"]  # noqa: E731
     kappa = [torch.tensor([(gamma ** t(s) if discount_score else 1.0) * _scale(attrs[s]["plates"])
                            for s in sg.names], dtype=torch.float64) for sg in site_groups]
     coef = [torch.tensor([gamma ** t(c) * cscale[c] for c in cg.names], dtype=torch.float64)
             for cg in cost_groups]
-    owner = lambda c: index.get(cost_owner.get(c, attrs[c]["coagent"]), -1)  # noqa: E731
+    owner = lambda c: index.get(attrs[c].get("owner", attrs[c]["coagent"]), -1)  # noqa: E731
     return Plan(g, coagents, site_groups, cost_groups, credit, scans, kappa, coef,
                 [[owner(c) for c in cg.names] for cg in cost_groups],
                 [[index[attrs[s]["coagent"]] for s in sg.names] for sg in site_groups])
+
+
+def _groups(names, attrs):
+    """Sites (or costs) grouped by batch shape and plates, in order of first appearance."""
+    groups = {}
+    for n in names:
+        groups.setdefault((attrs[n]["shape"], attrs[n]["plates"]), []).append(n)
+    return [Group(ns, [attrs[n]["order"] for n in ns], k[0], k[1]) for k, ns in groups.items()]
+
+
+def _credit(sg, cg, attrs, times, offset, scale, gamma):
+    """The :class:`Credit` of site group ``sg`` with cost group ``cg`` (bits ``offset`` on of
+    each site's ``downstream`` set), or None when no site of it is credited with any."""
+    rows, width = [], (1 << len(cg.names)) - 1
+    for k, s in enumerate(sg.names):
+        ratio, ts = scale / _scale(attrs[s]["plates"]), attrs[s]["time"]
+        for a, b in graph.runs((attrs[s]["downstream"] >> offset) & width):
+            wa = gamma ** (times[a] - ts) * ratio
+            wb = wa * gamma ** (times[b] - times[a]) if b < len(times) else 0.0
+            rows.append((k, a, b, wa, wb))
+    if not rows:
+        return None
+    cols = list(zip(*rows))
+    return Credit(torch.tensor(cols[0]), torch.tensor(cols[1]), torch.tensor(cols[2]),
+                  torch.tensor(cols[3], dtype=torch.float64),
+                  torch.tensor(cols[4], dtype=torch.float64),
+                  *_reduction((cg.shape, cg.plates), (sg.shape, sg.plates)))
 
 
 def scan_levels(decay):

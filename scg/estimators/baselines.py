@@ -15,53 +15,121 @@ import torch
 from ..core.terms import canonical_params, masked
 from ..errors import ScgError
 
+
+class Baseline:
+    """``baseline(group, R, sites, update) -> (b, regressions)`` for one site group: ``b``
+    with R's shape, and the critic regression terms ``[(coagent, loss)]`` (None if none).
+    A baseline owns whatever state it keeps between calls; nothing else writes it."""
+
+    def __call__(self, group, R, sites, update):
+        raise NotImplementedError
+
+    def state(self):
+        """The state a checkpoint keeps (parameters of critics travel as modules)."""
+        return {}
+
+    def load_state(self, state):
+        pass
+
+
+class NoBaseline(Baseline):
+    """b = 0."""
+
+    def __call__(self, group, R, sites, update):
+        return torch.zeros_like(R), None
+
+
+class DecayingAverage(Baseline):
+    """A decaying average of R per site name, updated after use (so b never reads R)."""
+
+    def __init__(self, decay):
+        self.decay = float(decay)
+        self.averages = {}   # site name -> running mean of its relative return
+
+    def __call__(self, group, R, sites, update):
+        b = torch.stack([self.averages.get(n, R.new_zeros(())).to(R) for n in group.names])
+        b = b.reshape((-1,) + (1,) * (R.dim() - 1)).expand_as(R)
+        if update:
+            with torch.no_grad():
+                for k, n in enumerate(group.names):
+                    mean = _masked_mean(R[k], sites[group.index[k]].mask)
+                    old = self.averages.get(n)
+                    self.averages[n] = mean if old is None else \
+                        self.decay * old + (1 - self.decay) * mean
+        return b, None
+
+    def state(self):
+        return {"averages": {k: v.clone() for k, v in self.averages.items()}}
+
+    def load_state(self, state):
+        self.averages = dict(state.get("averages", {}))
+
+
+class LeaveOneOut(Baseline):
+    """The mean of R over the other episodes of the ``scg.episodes`` plate (N >= 2)."""
+
+    def __call__(self, group, R, sites, update):
+        ep = [p for p in group.plates if p[3] == "episodes"]
+        if not ep or ep[-1][2] < 2:
+            raise ScgError(f"baseline='loo' needs site {group.names[0]!r} inside "
+                           "scg.episodes(N) with N >= 2")
+        _, dim, n, _ = ep[-1]
+        masks = [sites[i].mask for i in group.index]
+        if all(m is None for m in masks):
+            return (R.sum(dim, keepdim=True) - R) / (n - 1), None
+        alive = torch.stack([torch.ones_like(R[k]) if m is None else
+                             m.expand_as(R[k]).to(R.dtype) for k, m in enumerate(masks)])
+        others = alive.sum(dim, keepdim=True) - alive
+        total = (R * alive).sum(dim, keepdim=True) - R * alive
+        return torch.where(others > 0, total / others.clamp(min=1), torch.zeros_like(R)), None
+
+
+class Critic(Baseline):
+    """A learned critic per coagent (and feature size) of the coagent's local state, made on
+    first use; its regression term trains it and has no gradient to the policy."""
+
+    def __init__(self, hidden):
+        self.hidden = int(hidden)
+        self.critics = torch.nn.ModuleDict()   # key "coagent|dim" -> MLP
+        self.owner = {}                        # key -> coagent
+
+    def __call__(self, group, R, sites, update):
+        values, losses = [], []
+        for k in range(len(group.names)):
+            s = sites[group.index[k]]
+            x = features(s)
+            if s.mask is not None:   # a masked element's parameters may be NaN padding
+                x = torch.where(s.mask.expand(x.shape[:-1])[..., None], x, x.new_zeros(()))
+            v = masked(self.critic_for(s, x)(x).squeeze(-1), s.mask)
+            values.append(v.detach())
+            err = (v - R[k].detach()) ** 2
+            losses.append((s.coagent, 0.5 * _masked_mean(err, s.mask)))
+        return torch.stack(values), losses
+
+    def critic_for(self, site, x):
+        key = f"{site.coagent}|{x.shape[-1]}".replace(".", ":")  # module names hold no "."
+        self.owner[key] = site.coagent
+        if key not in self.critics:
+            self.critics[key] = torch.nn.Sequential(
+                torch.nn.Linear(x.shape[-1], self.hidden), torch.nn.Tanh(),
+                torch.nn.Linear(self.hidden, 1)).to(device=x.device, dtype=x.dtype)
+        return self.critics[key]
+
+
 KINDS = ("none", "avg", "loo", "critic")
 
 
-def none(est, group, R, sites, update):
-    return torch.zeros_like(R), None
-
-
-def avg(est, group, R, sites, update):
-    b = torch.stack([est.averages.get(n, R.new_zeros(())).to(R) for n in group.names])
-    b = b.reshape((-1,) + (1,) * (R.dim() - 1)).expand_as(R)
-    if update:
-        with torch.no_grad():
-            for k, n in enumerate(group.names):
-                mean = _masked_mean(R[k], sites[group.index[k]].mask)
-                old = est.averages.get(n)
-                est.averages[n] = mean if old is None else est.decay * old + (1 - est.decay) * mean
-    return b, None
-
-
-def loo(est, group, R, sites, update):
-    ep = [p for p in group.plates if p[3] == "episodes"]
-    if not ep or ep[-1][2] < 2:
-        raise ScgError(f"baseline='loo' needs site {group.names[0]!r} inside scg.episodes(N) "
-                       "with N >= 2")
-    _, dim, n, _ = ep[-1]
-    masks = [sites[i].mask for i in group.index]
-    if all(m is None for m in masks):
-        return (R.sum(dim, keepdim=True) - R) / (n - 1), None
-    alive = torch.stack([torch.ones_like(R[k]) if m is None else m.expand_as(R[k]).to(R.dtype)
-                         for k, m in enumerate(masks)])
-    others = alive.sum(dim, keepdim=True) - alive
-    total = (R * alive).sum(dim, keepdim=True) - R * alive
-    return torch.where(others > 0, total / others.clamp(min=1), torch.zeros_like(R)), None
-
-
-def critic(est, group, R, sites, update):
-    values, losses = [], []
-    for k, _n in enumerate(group.names):
-        s = sites[group.index[k]]
-        x = features(s)
-        if s.mask is not None:   # a masked element's parameters may be NaN padding
-            x = torch.where(s.mask.expand(x.shape[:-1])[..., None], x, x.new_zeros(()))
-        v = masked(est.critic_for(s)(x).squeeze(-1), s.mask)
-        values.append(v.detach())
-        err = (v - R[k].detach()) ** 2
-        losses.append((s.coagent, 0.5 * _masked_mean(err, s.mask)))
-    return torch.stack(values), losses
+def make(kind, decay=0.9, critic_hidden=32):
+    """The baseline named ``kind`` (one of :data:`KINDS`), with its options."""
+    if kind == "none":
+        return NoBaseline()
+    if kind == "avg":
+        return DecayingAverage(decay)
+    if kind == "loo":
+        return LeaveOneOut()
+    if kind == "critic":
+        return Critic(critic_hidden)
+    raise ScgError(f"unknown baseline {kind!r}; valid: {list(KINDS)}")
 
 
 def features(site):
@@ -91,5 +159,3 @@ def _masked_mean(x, mask):
     m = mask.expand_as(x)
     return masked(x, m).sum() / m.sum().clamp(min=1).to(x.dtype)
 
-
-RULES = {"none": none, "avg": avg, "loo": loo, "critic": critic}

@@ -1,70 +1,58 @@
-"""``scg.compile``: the estimator of a coagent network.
+"""``scg.compile``: the estimator of a coagent network, the facade over the pipeline.
 
-Per call: run the model under a light recorder and look up the plan cached for the run's
-structure signature and argument fingerprint (analysing a new structure by replaying the run
-with provenance tracking); or, for the first call, under ``verify`` and once a value has
-escaped torch in any run, analyse the run as it happens and use the plan of its own data flow
-(:mod:`scg.compiler.guards`). Then emit the surrogate. Its value is ``-(estimate of J)``; its
-gradient is ``-(estimate of grad J)``:
+Per call (:meth:`Estimator.traced`): run the model under the light recorder and look up the plan
+cached for the run's structure signature and argument fingerprint, analysing a new structure
+by replaying the run with provenance tracking; or, for the first call, under ``verify`` and
+once a value has escaped torch in any run, analyse the run as it happens and use the plan of
+its own data flow (:mod:`scg.compiler.guards`). An analysis goes through the compiler in
+order: provenance -> :func:`scg.compiler.graph.build` -> the passes
+(:func:`~scg.compiler.passes.owned`, :func:`~scg.compiler.passes.causal`) ->
+:func:`scg.compiler.plan.build`. Then emit the surrogate: :func:`scg.estimators.monte_carlo.emit`
+or, for ``estimator="td"``, the online update of :class:`scg.estimators.online.TD`.
 
-    sum_c coef_c * c   +   sum_s kappa_s * log p(s) * (R_s - b_s).detach()
-
-(the score part and critic regressions enter with zero value, as ``x - x.detach()``).
+State, each piece owned by one object: the plans (here), the parameters met per coagent
+(:class:`~scg.estimators.parameters.CoagentParameters`), the baseline's averages or critics
+(:mod:`scg.estimators.baselines`) and the online traces (:class:`~scg.estimators.online.TD`).
 """
 
 import inspect
-import os
-from dataclasses import dataclass, field
 
 import torch
 
-from ..compiler import graph as G
-from ..compiler import plan as P
+from ..compiler import owners, passes
+from ..compiler.graph import build as build_graph
 from ..compiler.guards import arguments, check_replay, check_sites, data_flow, first_difference
-from ..compiler.passes import roll
+from ..compiler.plan import build as build_plan
 from ..compiler.provenance import Analysis
 from ..core.record import run
-from ..core.terms import common_float, cost, group_log_prob, predictor_log_prob
 from ..errors import ScgError
-from . import baselines as B
-from .online import TD
+from . import baselines, monte_carlo, online
+from .monte_carlo import Output
+from .options import OPTIONS, validate
+from .parameters import CoagentParameters
 
-OPTIONS = {
-    "gamma": 1.0,            # discount, in [0, 1]
-    "baseline": "none",      # none | avg | loo | critic
-    "objective": "sum",      # sum | mean (finite-horizon average reward: (1/T) sum_t)
-    "discount_score": True,  # False: seed 000's common rule without gamma^t_s (biased)
-    "decay": 0.9,            # the avg baseline's decay
-    "critic_hidden": 32,     # hidden units of each coagent's critic
-    "estimator": "mc",       # mc (exact score-function surrogate) | td (online TD)
-    "lam": 1.0,              # td: trace decay lambda in [0, 1]
-    "avg_rate": 0.01,        # td with objective="average": step size of the reward average
-    "verify": None,          # analyse every run, raise where the cached plan would differ
-}                            # (default: the SCG_VERIFY environment variable, else False)
-
-
-@dataclass
-class Output:
-    """One sampled run: ``loss`` (backward it), ``local`` (one surrogate per coagent, summing
-    exactly to ``loss``), ``objective`` (the estimate of J, with its pathwise gradient) and
-    ``stats`` (plain numbers for logs)."""
-
-    loss: torch.Tensor
-    local: dict
-    objective: torch.Tensor
-    stats: dict = field(default_factory=dict)
-    value: object = None
-    sites: list = field(default_factory=list)
+__all__ = ["compile", "Estimator", "Output", "OPTIONS"]
 
 
 def compile(model, **options):
     """Compile ``model`` (an ``@scg.network`` function) into an :class:`Estimator`.
 
-    Options: ``gamma``, ``baseline`` (none, avg, loo, critic), ``objective`` (sum, mean),
-    ``discount_score`` (default True; False is seed 000's biased rule), ``decay``,
-    ``critic_hidden``, ``estimator`` (mc, td), ``lam``, ``avg_rate``, ``verify`` (analyse
-    every run and raise where the cached plan would differ; default: the ``SCG_VERIFY``
-    environment variable).
+    Options (defaults in :data:`scg.estimators.options.OPTIONS`):
+        gamma: the discount, in [0, 1] (default 1).
+        baseline: ``"none"`` (default), ``"avg"`` (decaying average), ``"loo"``
+            (leave-one-out over ``scg.episodes``, N >= 2) or ``"critic"`` (learned).
+        objective: ``"sum"`` (default) or ``"mean"`` (finite-horizon average reward); for
+            ``estimator="td"``, ``"sum"`` or ``"average"`` (continuing average reward).
+        discount_score: True (default, the true gradient); False drops gamma^t from the score
+            terms (seed 000's rule, biased).
+        decay: the ``avg`` baseline's decay, in [0, 1) (default 0.9).
+        critic_hidden: hidden units of each coagent's critic (default 32).
+        estimator: ``"mc"`` (default, the exact score-function surrogate) or ``"td"`` (online
+            actor-critic with eligibility traces, :mod:`scg.estimators.online`).
+        lam: ``td``: the trace decay lambda, in [0, 1] (default 1).
+        avg_rate: ``td`` with ``objective="average"``: the step size of the reward average.
+        verify: analyse every run and raise where the cached plan would differ (default: the
+            ``SCG_VERIFY`` environment variable, else False).
     """
     return Estimator(model, **options)
 
@@ -76,43 +64,21 @@ class Estimator(torch.nn.Module):
 
     def __init__(self, model, **options):
         super().__init__()
-        unknown = sorted(set(options) - set(OPTIONS))
-        if unknown:
-            raise ScgError(f"unknown compile option(s) {unknown}; valid: {sorted(OPTIONS)}")
         if not getattr(model, "_scg_network", False):
             raise ScgError(f"{getattr(model, '__name__', model)!r} is not an @scg.network function")
-        opts = {**OPTIONS, **options}
-        if opts["verify"] is None:
-            opts["verify"] = os.environ.get("SCG_VERIFY", "") not in ("", "0")
-        if not 0.0 <= float(opts["gamma"]) <= 1.0:
-            raise ScgError(f"gamma must be in [0, 1], got {opts['gamma']}")
-        if opts["baseline"] not in B.KINDS:
-            raise ScgError(f"unknown baseline {opts['baseline']!r}; valid: {list(B.KINDS)}")
-        if opts["estimator"] not in ("mc", "td"):
-            raise ScgError(f"unknown estimator {opts['estimator']!r}; valid: ['mc', 'td']")
-        objectives = ["sum", "mean"] if opts["estimator"] == "mc" else ["sum", "average"]
-        if opts["objective"] not in objectives:
-            raise ScgError(f"unknown objective {opts['objective']!r} for estimator="
-                           f"{opts['estimator']!r}; valid: {objectives}")
-        if not 0.0 <= float(opts["lam"]) <= 1.0:
-            raise ScgError(f"lam must be in [0, 1], got {opts['lam']}")
-        if opts["objective"] == "average" and float(opts["gamma"]) != 1.0:
-            raise ScgError("objective='average' needs gamma=1.0 (the differential TD error "
-                           "has no discount)")
-        if not 0.0 <= float(opts["decay"]) < 1.0:
-            raise ScgError(f"decay must be in [0, 1), got {opts['decay']}")
+        opts = validate(options)
         self.model, self.options = model, opts
-        self.gamma, self.decay = float(opts["gamma"]), float(opts["decay"])
-        self.plans, self.averages, self.params = {}, {}, {}
+        self.gamma = float(opts["gamma"])
+        self.verify = bool(opts["verify"])
+        self.plans = {}       # (signature, data flow) -> plan
         self.structures = {}  # (signature, argument fingerprint) -> plan, for static runs
         self.dynamic = False  # something escaped torch in an analysed run: analyse every run
-        self.verify = bool(opts["verify"])
-        self.critics = torch.nn.ModuleDict()
-        self.critic_owner = {}  # critic key -> coagent
-        self.shared = {}
-        self.value_params = {}  # critic parameters reached from scg.value sites, by id
         self.last_plan = None
-        self.td = TD(self) if opts["estimator"] == "td" else None
+        self.coagent_parameters = CoagentParameters()
+        self.baseline = baselines.make(opts["baseline"], opts["decay"], opts["critic_hidden"])
+        # the critic baseline's networks, registered here for state_dict, .to() and optimisers
+        self.critics = getattr(self.baseline, "critics", torch.nn.ModuleDict())
+        self.td = online.TD.from_options(opts) if opts["estimator"] == "td" else None
 
     # ---- public conveniences -------------------------------------------------------------
     def forward(self, *args, **kwargs):
@@ -137,19 +103,16 @@ class Estimator(torch.nn.Module):
     def rolled_graph(self, *args, **kwargs):
         """The rolled graph (one node per site name, back edges to earlier steps): see
         :func:`scg.compiler.passes.roll`."""
-        return roll(self.graph(*args, **kwargs))
+        return passes.roll(self.graph(*args, **kwargs))
 
     def parameters(self, coagent=None, recurse=True):
         """Model parameters reached from coagent ``coagent``'s sites (all coagents if None),
         plus its critics' parameters. Known after the first call."""
-        if coagent is not None and coagent not in self.params:
-            raise ScgError(f"unknown coagent {coagent!r}; known: {sorted(self.params)}")
-        seen, out = set(), []
-        for c, ps in self.params.items():
-            if coagent is None or c == coagent:
-                out += [p for p in ps.values() if id(p) not in seen and not seen.add(id(p))]
+        if coagent is not None and coagent not in self.coagent_parameters.by_coagent:
+            raise ScgError(f"unknown coagent {coagent!r}; known: {self.coagents}")
+        out = self.coagent_parameters.of(coagent)
         for key, m in self.critics.items():
-            if coagent is None or self.critic_owner.get(key) == coagent:
+            if coagent is None or self.baseline.owner.get(key) == coagent:
                 out += list(m.parameters())
         return iter(out)
 
@@ -157,32 +120,58 @@ class Estimator(torch.nn.Module):
         """``(name, parameter)`` for every tensor :meth:`parameters` yields, in its order:
         ``COAGENT.k`` for the k-th model parameter reached from a coagent's sites (a shared one
         under its first coagent), ``critics.KEY.NAME`` for a baseline critic's."""
-        params = list(self.parameters(coagent))
-        names, seen = {}, set()
-        for c, ps in self.params.items():
-            for k, p in enumerate(ps.values()):
-                if id(p) not in seen:
-                    seen.add(id(p))
-                    names[id(p)] = f"{c}.{k}"
-        for n, p in self.critics.named_parameters(prefix="critics"):
-            names[id(p)] = n
-        return iter([(prefix + names[id(p)], p) for p in params])
+        names = self.coagent_parameters.names()
+        names.update({id(p): n for n, p in self.critics.named_parameters(prefix="critics")})
+        return iter([(prefix + names[id(p)], p) for p in self.parameters(coagent)])
 
-    def __setstate__(self, state):
-        """After a copy or unpickling, parameters are new objects: re-key what is keyed by
-        their identity (each coagent's parameters, the shared ones, the value sites')."""
-        super().__setstate__(state)
-        moved = {k: id(p) for ps in self.params.values() for k, p in ps.items()}
-        moved.update({k: id(p) for k, p in self.value_params.items()})
-        self.params = {c: {id(p): p for p in ps.values()} for c, ps in self.params.items()}
-        self.value_params = {id(p): p for p in self.value_params.values()}
-        self.shared = {moved.get(k, k): cs for k, cs in self.shared.items()}
+    @property
+    def coagents(self):
+        """The coagents whose parameters the analysed runs have met, sorted."""
+        return self.coagent_parameters.coagents()
+
+    @property
+    def params(self):
+        """coagent -> {id(p): p}: each coagent's parameters met so far (read only)."""
+        return self.coagent_parameters.by_coagent
+
+    @property
+    def shared(self):
+        """id(p) -> coagents, for every parameter more than one coagent reaches (read only)."""
+        return self.coagent_parameters.shared
+
+    @property
+    def online(self):
+        """Whether this is the online estimator (``estimator="td"``)."""
+        return self.td is not None
+
+    def critic_parameters(self):
+        """``estimator="td"``: the online critic's parameters (those of ``scg.value`` sites
+        that no coagent reaches); the Monte Carlo estimator ignores value sites: []."""
+        return self.coagent_parameters.critic() if self.td is not None else []
+
+    def discover(self, *args, **kwargs):
+        """One analysed run whose draws are discarded, to meet the parameters: no baseline
+        update, and for ``estimator="td"`` no window (the traces stay as they are)."""
+        if self.td is None:
+            self.run(args, kwargs, update=False)
+        else:
+            self.traced(args, kwargs)
+
+    def online_state(self, named):
+        """``estimator="td"``: the state between windows, with traces by parameter name
+        (``named``: name -> parameter): see :meth:`scg.estimators.online.TD.state`."""
+        return self.td.state(named) if self.td is not None else None
+
+    def load_online_state(self, state, named):
+        """Restore :meth:`online_state`."""
+        if self.td is not None and state is not None:
+            self.td.load_state(state, named)
 
     def get_extra_state(self):
-        return {"averages": {k: v.clone() for k, v in self.averages.items()}}
+        return self.baseline.state()
 
     def set_extra_state(self, state):
-        self.averages = dict(state["averages"])
+        self.baseline.load_state(state)
 
     # ---- analysis ------------------------------------------------------------------------
     def traced(self, args, kwargs, *handlers):
@@ -239,59 +228,14 @@ class Estimator(torch.nn.Module):
         return plan
 
     def analyse(self, sites, analysis):
-        g = G.build(sites, analysis.parents, analysis.masks, analysis.bits,
-                    analysis.reads, analysis.worlds)
-        owner = self._find_parameters(sites)
-        for c, o in owner.items():
-            g.nodes[c]["owner"] = o
-        return P.build(g, self.gamma, self.options["objective"],
-                       self.options["discount_score"], owner)
-
-    def _find_parameters(self, sites):
-        """theta_i per coagent by autograd reachability; owners of unlabelled cost terms."""
-        reach = {}
-        for s in sites:
-            if s.coagent is not None and s.role in ("message", "predict"):
-                lp = s.fn.log_prob(s.value.detach()) if s.role == "message" else \
-                    predictor_log_prob(s)
-                reach.setdefault(s.coagent, {}).update(_leaves(lp))
-            elif s.coagent is not None:
-                reach.setdefault(s.coagent, {}).update(_leaves(s.value))
-        for s in sites:
-            if s.role == "value":
-                self.value_params.update(_leaves(s.fn.v))
-        owner = {}
-        for s in sites:
-            if s.role == "cost" and s.coagent is None:
-                leaves = _leaves(s.value)
-                hits = [c for c, ps in reach.items() if leaves.keys() & ps.keys()]
-                if len(hits) > 1:
-                    raise ScgError(f"cost {s.name!r} reaches parameters of coagents {hits}: "
-                                   "say whose it is with scg.cost(..., coagent=...)")
-                if leaves and not hits:
-                    raise ScgError(f"cost {s.name!r} (step {s.time}) reaches parameters that no "
-                                   "coagent's sites use, so no coagent would train them: say "
-                                   "whose they are with scg.cost(..., coagent=...)")
-                owner[s.name] = hits[0] if hits else None
-        for c, ps in reach.items():
-            self.params.setdefault(c, {}).update(ps)
-        ids = {}
-        for c, ps in self.params.items():
-            for k in ps:
-                ids.setdefault(k, []).append(c)
-        self.shared = {k: cs for k, cs in ids.items() if len(cs) > 1}
-        return owner
-
-    def critic_for(self, site):
-        dim = B.features(site).shape[-1]
-        key = f"{site.coagent}|{dim}".replace(".", ":")  # module names cannot hold "."
-        self.critic_owner[key] = site.coagent
-        if key not in self.critics:
-            h = int(self.options["critic_hidden"])
-            self.critics[key] = torch.nn.Sequential(
-                torch.nn.Linear(dim, h), torch.nn.Tanh(), torch.nn.Linear(h, 1)).to(
-                device=site.value.device, dtype=B.features(site).dtype)
-        return self.critics[key]
+        """The plan of one analysed run: graph, passes, plan. Meets the run's parameters."""
+        found = owners.find(sites)
+        self.coagent_parameters.add(found)
+        g = build_graph(sites, analysis.parents, analysis.masks, analysis.bits,
+                        analysis.reads, analysis.worlds)
+        g = passes.causal(passes.owned(g, found.cost_owner))
+        return build_plan(g, self.gamma, self.options["objective"],
+                          self.options["discount_score"])
 
     # ---- emission ------------------------------------------------------------------------
     def run(self, args, kwargs, *handlers, update=True):
@@ -300,10 +244,11 @@ class Estimator(torch.nn.Module):
             if s.role in ("message", "env"):
                 s.check_unchanged()
         if self.td is not None:
-            u, ret = self.td.window(sites, *self._td_params())
-            out = self._td_output(u, ret, plan)
+            u, ret = self.td.window(sites, self.coagent_parameters.of(),
+                                    self.coagent_parameters.critic())
+            out = online.surrogate(u, ret, self.coagent_parameters, plan.coagents, self.td.rho)
         else:
-            out = self.emit(sites, plan, update=update)
+            out = monte_carlo.emit(sites, plan, self.baseline, update=update)
         out.value, out.sites = value, sites
         return out
 
@@ -321,7 +266,7 @@ class Estimator(torch.nn.Module):
     def _invalid_parameters(self, e):
         """The message for a distribution built from invalid numbers (NaN, inf) in the model:
         which coagents' parameters are no longer finite (a diverged update, usually)."""
-        bad = sorted(c for c, ps in self.params.items()
+        bad = sorted(c for c, ps in self.coagent_parameters.by_coagent.items()
                      if any(not torch.isfinite(p).all() for p in ps.values()))
         first = str(e).splitlines()[0]
         where = (f"coagents with non-finite parameters: {bad} (training diverged: lower the "
@@ -341,86 +286,10 @@ class Estimator(torch.nn.Module):
         if self.td is None:
             raise ScgError("finish() is for estimator='td'; the Monte Carlo estimator has no "
                            "state between calls")
-        return self._td_output(self.td.finish(*self._td_params(), done=done), 0.0,
-                               self.last_plan)
-
-    def _td_params(self):
-        actor = list({id(p): p for ps in self.params.values() for p in ps.values()}.values())
-        ids = {id(p) for p in actor}
-        critic = [p for k, p in self.value_params.items() if k not in ids]
-        return actor, critic
-
-    def _td_output(self, u, ret, plan):
-        """The surrogate -(u . theta): gradient -u, value minus the window's return."""
-        actor, critic = self._td_params()
-        first, local = {}, {}
-        for c in sorted(self.params):  # a shared parameter's update goes to its first owner
-            for k in self.params[c]:
-                first.setdefault(k, c)
-        ref = next(iter(u.values())) if u else torch.zeros(())
-        for k, p in [(id(p), p) for p in actor + critic]:
-            owner = first.get(k, "critic")
-            term = -(u[k].detach() * p).sum()
-            local[owner] = local.get(owner, ref.new_zeros(())) + term - term.detach()
-        for c in (plan.coagents if plan is not None else []):
-            local.setdefault(c, ref.new_zeros(()))
-        for c in local:  # the value, minus the return, shared evenly (as in emit)
-            local[c] = local[c] - ret / len(local)
-        loss = sum(local.values(), ref.new_zeros(()))
-        objective = ref.new_tensor(ret)
-        return Output(loss, local, objective, {"return": ret, "rho": self.td.rho})
-
-    def emit(self, sites, plan, update=True):
-        """The surrogate of one recorded run under ``plan``."""
-        if not plan.costs:
-            raise ScgError("the network emitted no reward, cost or predictor: nothing to optimise")
-        ref = common_float(sites)   # the run's float dtype and device; costs are cast to it
-        T = plan.on(ref.device, ref.dtype)
-        n = len(plan.coagents)
-        C = [torch.stack([cost(sites[i], ref) for i in g.index]) for g in plan.costs]
-        for g, c in zip(plan.costs, C):
-            _check_finite(g, c, sites)
-        per_cost = [c.reshape(c.shape[0], -1).sum(1) * k for c, k in zip(C, T["coef"])]
-        objective = sum(v.sum() for v in per_cost)
-        owned = objective.new_zeros(n)
-        unowned = 0.0
-        for v, (own, free) in zip(per_cost, T["cost_owner"]):
-            if own is not None:
-                owned = owned.index_add(0, own[1], v[own[0]])
-            if free is not None:
-                unowned = unowned + (v[free].sum() if own is not None else v.sum())
-        score = owned
-        critic = None
-        rule = B.RULES[self.options["baseline"]]
-        S = {}  # suffix sums per (cost group, reduction), shared by site groups
-        for i, g in enumerate(plan.sites):
-            lp = group_log_prob([sites[k] for k in g.index])
-            R = lp.new_zeros(lp.shape)
-            for j in range(len(plan.costs)):
-                credit = T["credit"].get((i, j))
-                if credit is not None:
-                    key = (j, credit.dims, credit.view)
-                    if key not in S:
-                        c = C[j].detach()
-                        c = c.sum(credit.dims, keepdim=True) if credit.dims else c
-                        S[key] = P.suffix_sums(c.reshape((c.shape[0],) + credit.view),
-                                               T["scans"][j])
-                    R = P.apply_credit(R, credit, S[key])
-            b, reg = rule(self, g, R, sites, update)
-            kappa = T["kappa"][i].reshape((-1,) + (1,) * (R.dim() - 1))
-            term = (lp * (kappa * (R - b)).detach()).reshape(lp.shape[0], -1).sum(1)
-            score = score.index_add(0, T["site_owner"][i], term - term.detach())
-            for coagent, r in reg or ():
-                critic = (objective.new_zeros(n) if critic is None else critic).index_add(
-                    0, torch.tensor([plan.coagents.index(coagent)], device=r.device),
-                    (r - r.detach())[None])
-        local_terms = score if critic is None else score - critic
-        loss = -(local_terms.sum() + unowned)
-        share = unowned / max(n, 1)
-        neg = -(local_terms + share)
-        local = dict(zip(plan.coagents, neg.unbind()))
-        stats = {"return": objective.item(), "sites": len(sites)}
-        return Output(loss, local, objective, stats)
+        u = self.td.finish(self.coagent_parameters.of(), self.coagent_parameters.critic(),
+                           done=done)
+        coagents = self.last_plan.coagents if self.last_plan is not None else []
+        return online.surrogate(u, 0.0, self.coagent_parameters, coagents, self.td.rho)
 
 
 def _takes_no_arguments(model):
@@ -429,28 +298,3 @@ def _takes_no_arguments(model):
         return True
     except (TypeError, ValueError):
         return False
-
-
-def _leaves(t):
-    """Parameters (requires-grad leaves) that autograd reaches from ``t``, keyed by id."""
-    out, seen = {}, set()
-    stack = [t.grad_fn] if isinstance(t, torch.Tensor) and t.grad_fn is not None else []
-    if isinstance(t, torch.Tensor) and t.requires_grad and t.grad_fn is None:
-        out[id(t)] = t
-    while stack:
-        fn = stack.pop()
-        if fn is None or fn in seen:
-            continue
-        seen.add(fn)
-        if hasattr(fn, "variable"):
-            out[id(fn.variable)] = fn.variable
-        stack.extend(f for f, _ in fn.next_functions)
-    return out
-
-
-def _check_finite(group, c, sites):
-    if not torch.isfinite(c).all():
-        bad = [n for n, x in zip(group.names, c) if not torch.isfinite(x).all()][0]
-        s = sites[group.index[group.names.index(bad)]]
-        raise ScgError(f"{s.role} {bad!r} (step {s.time}) is NaN or infinite")
-

@@ -38,6 +38,7 @@ import torch
 
 from ..core.terms import cost, log_prob, masked
 from ..errors import ScgError
+from .monte_carlo import Output
 
 
 class TD:
@@ -48,14 +49,17 @@ class TD:
     of one plate may end at different steps (``finish(done)``: a batch of environments that
     restart independently)."""
 
-    def __init__(self, est):
-        self.gamma = est.gamma
-        self.lam = float(est.options["lam"])
-        self.average = est.options["objective"] == "average"
-        self.rate = float(est.options["avg_rate"])
-        self.discount = bool(est.options["discount_score"])
+    def __init__(self, gamma=1.0, lam=1.0, average=False, rate=0.01, discount=True):
+        self.gamma, self.lam = float(gamma), float(lam)
+        self.average, self.rate, self.discount = bool(average), float(rate), bool(discount)
         self.rho = 0.0
         self.reset()
+
+    @classmethod
+    def from_options(cls, opts):
+        """The TD state for validated ``scg.compile`` options."""
+        return cls(opts["gamma"], opts["lam"], opts["objective"] == "average",
+                   opts["avg_rate"], opts["discount_score"])
 
     def reset(self):
         """Forget traces, the pending step and the time origin of every episode."""
@@ -299,3 +303,27 @@ def _grad(y, params, retain=False, weights=None):
     gs = torch.autograd.grad(y, params, retain_graph=True if retain else None,
                              allow_unused=True)
     return [g if g is not None else torch.zeros_like(p) for g, p in zip(gs, params)]
+
+
+def surrogate(u, ret, params, coagents, rho):
+    """The :class:`~scg.estimators.monte_carlo.Output` of an update ``u`` (per parameter id):
+    the surrogate ``-(u . theta)``, gradient ``-u``, value minus the window's return ``ret``.
+    ``params``: the estimator's :class:`~scg.estimators.parameters.CoagentParameters` (a
+    shared parameter's update goes to its first owner; the online critic's to ``"critic"``);
+    ``coagents``: every coagent of the run, each given a local loss."""
+    first = {}
+    for c in sorted(params.by_coagent):
+        for k in params.by_coagent[c]:
+            first.setdefault(k, c)
+    ref = next(iter(u.values())) if u else torch.zeros(())
+    local = {}
+    for p in params.of() + params.critic():
+        term = -(u[id(p)].detach() * p).sum()
+        owner = first.get(id(p), "critic")
+        local[owner] = local.get(owner, ref.new_zeros(())) + term - term.detach()
+    for c in coagents:
+        local.setdefault(c, ref.new_zeros(()))
+    for c in local:  # the value, minus the return, shared evenly (as in the Monte Carlo emit)
+        local[c] = local[c] - ret / len(local)
+    loss = sum(local.values(), ref.new_zeros(()))
+    return Output(loss, local, ref.new_tensor(ret), {"return": ret, "rho": rho})

@@ -203,26 +203,20 @@ class Trainer:
     def _discover(self):
         """One run on ``inputs(0)`` to find the parameters, its draws discarded: no baseline
         update, and for ``estimator="td"`` no window (the traces stay as they are)."""
-        args = self._args(0)
-        if self.est.td is None:
-            self.est.run(args, {}, update=False)
-        else:
-            self.est.traced(args, {})   # one (analysed) run and its plan, no TD window
+        self.est.discover(*self._args(0))
 
     def _critic(self):
         """The ``scg.value`` sites' parameters that no coagent owns (the online critic; the
         Monte Carlo estimator ignores value sites, so there is none to train)."""
-        if self.est.td is None:
-            return []
-        owned = {id(p) for p in self.est.parameters()}
-        return [p for k, p in self.est.value_params.items() if k not in owned]
+        return self.est.critic_parameters()
 
     def _check_known(self):
         """A window may reach parameters the set-up run did not (a coagent that acts only
         later): they would never be stepped, so say so."""
         known = self._known
-        new = [c for c, ps in self.est.params.items() if any(k not in known for k in ps)]
-        if new or any(k not in known for k in self.est.value_params):
+        new = [c for c in self.est.coagents
+               if any(id(p) not in known for p in self.est.parameters(c))]
+        if new or any(id(p) not in known for p in self.est.critic_parameters()):
             what = f"coagents {sorted(new)}" if new else "the critic"
             raise ScgError(f"update {self.step}: the window reached parameters the set-up run "
                            f"on inputs(0) did not ({what}); "
@@ -364,9 +358,9 @@ class Trainer:
         if self.modules is not None:
             mods = self.modules if isinstance(self.modules, dict) else {"model": self.modules}
             return {f"{k}.{n}": p for k, m in mods.items() for n, p in m.named_parameters()}
-        ps = {id(p): p for ps in self.est.params.values() for p in ps.values()}
-        if self.est.td is not None:   # the online critic (Monte Carlo ignores value sites)
-            ps.update({k: p for k, p in self.est.value_params.items() if k not in ps})
+        critics = {id(p) for p in self.est.critics.parameters()}
+        model = [p for p in self.est.parameters() if id(p) not in critics]
+        ps = {id(p): p for p in model + self.est.critic_parameters()}
         return {f"p{i}": p for i, p in enumerate(ps.values())}
 
     def state_dict(self):

@@ -1,0 +1,81 @@
+"""Who owns which parameters: theta_i per coagent, by autograd reachability (design.md §3).
+
+theta_i is the set of parameters autograd reaches from coagent i's site distributions (a
+message's log-probability, a predictor's) and its costs. An unlabelled ``scg.cost`` belongs to
+the one coagent whose parameters it reaches (two: an error; none while it reaches parameters:
+an error, nothing would train them). :func:`find` reads one recorded run and changes nothing.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from ..core.terms import predictor_log_prob
+from ..errors import ScgError
+
+
+@dataclass
+class Owners:
+    """What one run's sites reach.
+
+    Keys:
+        reach: coagent -> {id(p): p}, the parameters its sites reach, in discovery order.
+        values: {id(p): p} reached from ``scg.value`` sites (the online critic).
+        cost_owner: unlabelled cost name -> the coagent owning its pathwise gradient (None:
+            it reaches no parameter).
+    """
+
+    reach: dict
+    values: dict
+    cost_owner: dict
+
+
+def find(sites):
+    """The :class:`Owners` of one recorded run."""
+    reach = {}
+    for s in sites:
+        if s.coagent is not None and s.role in ("message", "predict"):
+            lp = s.fn.log_prob(s.value.detach()) if s.role == "message" else \
+                predictor_log_prob(s)
+            reach.setdefault(s.coagent, {}).update(leaves(lp))
+        elif s.coagent is not None:
+            reach.setdefault(s.coagent, {}).update(leaves(s.value))
+    values = {}
+    for s in sites:
+        if s.role == "value":
+            values.update(leaves(s.fn.v))
+    return Owners(reach, values, _cost_owners(sites, reach))
+
+
+def _cost_owners(sites, reach):
+    owner = {}
+    for s in sites:
+        if s.role == "cost" and s.coagent is None:
+            found = leaves(s.value)
+            hits = [c for c, ps in reach.items() if found.keys() & ps.keys()]
+            if len(hits) > 1:
+                raise ScgError(f"cost {s.name!r} reaches parameters of coagents {hits}: "
+                               "say whose it is with scg.cost(..., coagent=...)")
+            if found and not hits:
+                raise ScgError(f"cost {s.name!r} (step {s.time}) reaches parameters that no "
+                               "coagent's sites use, so no coagent would train them: say "
+                               "whose they are with scg.cost(..., coagent=...)")
+            owner[s.name] = hits[0] if hits else None
+    return owner
+
+
+def leaves(t):
+    """Parameters (requires-grad leaves) that autograd reaches from ``t``, keyed by id."""
+    out, seen = {}, set()
+    stack = [t.grad_fn] if isinstance(t, torch.Tensor) and t.grad_fn is not None else []
+    if isinstance(t, torch.Tensor) and t.requires_grad and t.grad_fn is None:
+        out[id(t)] = t
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        if hasattr(fn, "variable"):
+            out[id(fn.variable)] = fn.variable
+        stack.extend(f for f, _ in fn.next_functions)
+    return out

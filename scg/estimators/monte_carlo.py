@@ -1,0 +1,106 @@
+"""The Monte Carlo surrogate of one recorded run under its plan (design.md §2 and §3.5).
+
+Its value is ``-(estimate of J)``; its gradient is ``-(estimate of grad J)``:
+
+    sum_c coef_c * c   +   sum_s kappa_s * log p(s) * (R_s - b_s).detach()
+
+(the score part and critic regressions enter with zero value, as ``x - x.detach()``). The
+relative returns R_s come from reverse cumulative sums of each cost group
+(:func:`scg.compiler.plan.suffix_sums`), never from Python loops over costs.
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..compiler.plan import apply_credit, suffix_sums
+from ..core.terms import common_float, cost, group_log_prob
+from ..errors import ScgError
+
+
+@dataclass
+class Output:
+    """One sampled run: ``loss`` (backward it), ``local`` (one surrogate per coagent, summing
+    exactly to ``loss``), ``objective`` (the estimate of J, with its pathwise gradient) and
+    ``stats`` (plain numbers for logs)."""
+
+    loss: torch.Tensor
+    local: dict
+    objective: torch.Tensor
+    stats: dict = field(default_factory=dict)
+    value: object = None
+    sites: list = field(default_factory=list)
+
+
+def emit(sites, plan, baseline, update=True):
+    """The :class:`Output` of one recorded run under ``plan``, with ``baseline`` (a
+    :class:`scg.estimators.baselines.Baseline`; ``update``: let it learn from this run)."""
+    if not plan.costs:
+        raise ScgError("the network emitted no reward, cost or predictor: nothing to optimise")
+    ref = common_float(sites)   # the run's float dtype and device; costs are cast to it
+    tensors = plan.on(ref.device, ref.dtype)
+    C = [torch.stack([cost(sites[i], ref) for i in g.index]) for g in plan.costs]
+    for g, c in zip(plan.costs, C):
+        _check_finite(g, c, sites)
+    per_cost = [c.reshape(c.shape[0], -1).sum(1) * k for c, k in zip(C, tensors["coef"])]
+    objective = sum(v.sum() for v in per_cost)
+    owned, unowned = _pathwise(per_cost, tensors, objective.new_zeros(len(plan.coagents)))
+    score, critic = _score(sites, plan, tensors, C, baseline, update, owned)
+    local_terms = score if critic is None else score - critic
+    loss = -(local_terms.sum() + unowned)
+    neg = -(local_terms + unowned / max(len(plan.coagents), 1))
+    stats = {"return": objective.item(), "sites": len(sites)}
+    return Output(loss, dict(zip(plan.coagents, neg.unbind())), objective, stats)
+
+
+def _pathwise(per_cost, tensors, zeros):
+    """The costs' own (pathwise) terms: summed per owning coagent, and the unowned rest."""
+    owned, unowned = zeros, 0.0
+    for v, (own, free) in zip(per_cost, tensors["cost_owner"]):
+        if own is not None:
+            owned = owned.index_add(0, own[1], v[own[0]])
+        if free is not None:
+            unowned = unowned + (v[free].sum() if own is not None else v.sum())
+    return owned, unowned
+
+
+def _score(sites, plan, tensors, C, baseline, update, score):
+    """Add every site group's score terms into ``score`` (per coagent); returns it and the
+    critics' regression terms per coagent (None without a critic)."""
+    critic, sums = None, {}   # suffix sums per (cost group, reduction), shared by site groups
+    for i, g in enumerate(plan.sites):
+        lp = group_log_prob([sites[k] for k in g.index])
+        R = _returns(lp, i, plan, tensors, C, sums)
+        b, regressions = baseline(g, R, sites, update)
+        kappa = tensors["kappa"][i].reshape((-1,) + (1,) * (R.dim() - 1))
+        term = (lp * (kappa * (R - b)).detach()).reshape(lp.shape[0], -1).sum(1)
+        score = score.index_add(0, tensors["site_owner"][i], term - term.detach())
+        for coagent, r in regressions or ():
+            critic = (score.new_zeros(len(plan.coagents)) if critic is None else critic) \
+                .index_add(0, torch.tensor([plan.coagents.index(coagent)], device=r.device),
+                           (r - r.detach())[None])
+    return score, critic
+
+
+def _returns(lp, i, plan, tensors, C, sums):
+    """The relative returns R of site group i (``[n_sites, *batch]``), from the suffix sums of
+    every cost group it is credited with."""
+    R = lp.new_zeros(lp.shape)
+    for j in range(len(plan.costs)):
+        credit = tensors["credit"].get((i, j))
+        if credit is not None:
+            key = (j, credit.dims, credit.view)
+            if key not in sums:
+                c = C[j].detach()
+                c = c.sum(credit.dims, keepdim=True) if credit.dims else c
+                sums[key] = suffix_sums(c.reshape((c.shape[0],) + credit.view),
+                                        tensors["scans"][j])
+            R = apply_credit(R, credit, sums[key])
+    return R
+
+
+def _check_finite(group, c, sites):
+    if not torch.isfinite(c).all():
+        bad = [n for n, x in zip(group.names, c) if not torch.isfinite(x).all()][0]
+        s = sites[group.index[group.names.index(bad)]]
+        raise ScgError(f"{s.role} {bad!r} (step {s.time}) is NaN or infinite")
