@@ -2,7 +2,7 @@
 
 Every site is a Pyro sample site, so models compose with ``poutine.trace``, ``replay``,
 ``condition`` and ``pyro.plate``; scg's metadata rides in the site's ``infer`` dict
-(see :mod:`scg.core.context` for the keys).
+(the keys: :mod:`scg.core.schema`).
 """
 
 import functools
@@ -15,7 +15,6 @@ from pyro.poutine.subsample_messenger import SubsampleMessenger
 
 from .core.asynchrony import asynchronous_message
 from .core.context import (
-    FAST_FRAMES,
     RunContext,
     active_plates,
     expands_to,
@@ -25,9 +24,6 @@ from .core.context import (
     sample_site,
 )
 from .errors import ScgError
-
-ROLES = ("message", "env", "predict", "reward", "cost", "value")
-COSTS = ("predict", "reward", "cost")
 
 
 def network(fn):
@@ -229,6 +225,7 @@ class episodes(_plate):
     """A plate of independent episodes: estimates average over it."""
 
     scg_kind = "episodes"
+    scg_fast_path = True   # the fast path reproduces a plate the distribution already fills
 
     def __init__(self, size, name="episodes", dim=None):
         super().__init__(name, size, dim=dim)
@@ -238,12 +235,12 @@ class agents(_plate):
     """A plate of interacting agents: a cost at one index credits sites at all indices,
     unless ``independent=True``."""
 
+    scg_fast_path = True
+
     def __init__(self, size, name="agents", dim=None, independent=False):
         super().__init__(name, size, dim=dim)
         self.scg_kind = "independent" if independent else "agents"
 
-
-FAST_FRAMES.update({episodes, agents})
 
 
 class steps:

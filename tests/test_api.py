@@ -164,13 +164,13 @@ def test_pyro_param_store_untouched():
 def test_fast_path_equals_pyro_path(name):
     """With only scg's handlers active, sites skip Pyro's generic stack; under any other
     handler (here an inert poutine.block) they take the full path: the same run either way."""
-    from scg.core.record import run
+    from scg.core.record import record
 
     model, args, opts = REGISTRY[name]()
     torch.manual_seed(5)
-    fast, _ = run(model, args, {})
+    fast, _ = record(model, args, {})
     torch.manual_seed(5)
-    slow, _ = run(model, args, {}, poutine.block(hide_fn=lambda msg: False))
+    slow, _ = record(model, args, {}, poutine.block(hide_fn=lambda msg: False))
     assert [s.key for s in fast] == [s.key for s in slow]
     for a, b in zip(fast, slow):
         assert torch.equal(a.value, b.value), a.name
@@ -187,11 +187,11 @@ def test_fast_path_equals_pyro_path(name):
 def test_batched_group_log_prob_equals_per_site():
     """Bernoulli/Categorical groups are scored as one distribution over stacked logits: the
     same values and gradients as one log_prob per site (masks included)."""
-    from scg.core.record import run
+    from scg.core.record import record
     from scg.core.terms import group_log_prob, log_prob
 
     model, args, opts = REGISTRY["async_fixed"]()
-    sites, _ = run(model, args, {})
+    sites, _ = record(model, args, {})
     for prefix in ("m@", "m.exec@"):
         group = [s for s in sites if s.name.startswith(prefix)]
         assert len(group) == 2

@@ -7,7 +7,7 @@ import torch
 import scg
 from networks import REGISTRY
 from scg.compiler import graph as G
-from scg.core.record import Fix, run
+from scg.core.record import Fix, record
 
 
 def observe(site):
@@ -34,7 +34,7 @@ def brute_force_downstream(model, args, draws=6):
 
 
 def _brute_force_once(model, args):
-    sites, _ = run(model, args, {})
+    sites, _ = record(model, args, {})
     values = {s.name: s.value for s in sites if s.role in ("message", "env")}
     base = {s.name: observe(s) for s in sites}
     children = {}
@@ -45,7 +45,7 @@ def _brute_force_once(model, args):
         for v in s.fn.enumerate_support(expand=True):
             if torch.equal(v, values[s.name]):
                 continue
-            changed, _ = run(model, args, {}, Fix({**values, s.name: v}))
+            changed, _ = record(model, args, {}, Fix({**values, s.name: v}))
             children[s.name] |= {c.name for c in changed if c.name != s.name and
                                  not torch.allclose(observe(c), base[c.name])}
     costs = {s.name for s in sites if s.role in ("predict", "reward", "cost")}

@@ -39,7 +39,7 @@ def test_runs_of_credit_equal_dense_weights():
         for j in members:
             dense[k, j] = gamma ** (times[j] - ts)
         bits = sum(1 << j for j in members)
-        for a, b in G.runs(bits):
+        for a, b in G.bitset_ranges(bits):
             wa = gamma ** (times[a] - ts)
             wb = wa * gamma ** (times[b] - times[a]) if b < n else 0.0
             rows.append((k, a, b, wa, wb))
@@ -59,7 +59,7 @@ def test_bitset_causal_pass_equals_descendants():
         for u in rng.sample(range(v), min(v, 3)) if v else []:
             g.add_edge(u, v)
     targets = [n for n in g if n % 3 == 0]
-    bits = G.downstream_bits(g, targets)
+    bits = G.downstream_bitsets(g, targets)
     for n in g:
-        assert [targets[k] for k in G.members(bits[n])] == sorted(
+        assert [targets[k] for k in G.bitset_members(bits[n])] == sorted(
             set(nx.descendants(g, n)) & set(targets))

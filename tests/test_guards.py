@@ -367,3 +367,23 @@ def test_in_place_edit_is_caught_by_the_online_estimator_too():
     edit.append(True)
     with pytest.raises(scg.ScgError, match="message 'm@0' .*written in place"):
         est()
+
+
+def test_scg_own_checks_inside_its_subpackages_are_not_escapes():
+    """scg checks an execution probability computed from a sampled value (``bad.any()`` in
+    scg.core.asynchrony): scg's own code, in any of its subpackages, is not the model's data
+    flow leaving torch, so the estimator stays static."""
+    th = torch.nn.Parameter(torch.zeros(2, dtype=torch.double))
+
+    @scg.network
+    def model():
+        with scg.episodes(2):
+            for _ in scg.steps(2):
+                a = scg.message("a", dist.Bernoulli(logits=th), coagent="p")
+                p = 0.25 + 0.5 * a
+                b = scg.message("b", dist.Bernoulli(logits=th), coagent="q", execute=p)
+                scg.reward("r", a + b)
+
+    est = scg.compile(model)
+    est()
+    assert not est.dynamic

@@ -16,7 +16,8 @@ import scg
 from networks import REGISTRY
 from scg.errors import ScgError
 from scg.train import checkpoint as C
-from scg.train.trainer import plot, read_csv, robbins_monro, schedule
+from scg.train.logs import plot, read_csv
+from scg.train.optimizers import robbins_monro, schedule
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

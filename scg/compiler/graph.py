@@ -1,37 +1,17 @@
 """The dependency graph of a network: structure only, as a networkx DiGraph.
 
-Node attributes:
-    role: message, env, predict, reward or cost.
-    coagent: owning coagent or None.
-    time: the step index.
-    order: position in execution order.
-    plates: tuple of (name, dim, size, kind).
-    shape: the site's batch shape.
-    dist: the distribution's class name.
-    reparam: whether a message's gradient is pathwise.
-    execute: an asynchronous unit's execution source (its ``name.exec`` site, "bit" or
-        "always"); None for synchronous sites.
-    execution_of: on an execution coagent's site, the base name of the unit it drives.
-    base: the user's site name without ``@t``.
+Node and edge attributes: :mod:`scg.core.schema` ("The dependency graph").
 
 Escape nodes (role ``escape``, named ``escape@t``, ``escape.2@t``, ...; ``escape`` outside
 steps) stand for the world outside torch: their parents are the sites whose values escaped
 (``int(a)`` fed to an environment) and the previous escape node; every site and cost emitted
 after one reads it (the conservative fallback of design.md §3.2, linear in size).
-
-Edge attributes ``reads``: v's distribution (a cost: its value) was computed from u's value;
-``mask``: v is masked by a value computed from u (v's execution bit or its ``scg.done``
-mask); ``execute``: v's execution bit was computed from u. An edge with none of these is the
-escape fallback.
-
-An edge u -> v means v's distribution (or a cost's value) was computed from u's value, or v
-reads the escape node u.
 """
 
 import networkx as nx
 
+from ..core.schema import COSTS, GRAPH_ROLES
 from ..errors import ScgError
-from ..primitives import COSTS, ROLES
 
 
 def build(sites, parents, masks=None, bits=None, reads=None, worlds=None):
@@ -73,7 +53,7 @@ def _execute(site):
 def validate(g):
     """Check the invariants every pass relies on; raise naming the offending node."""
     for n, a in g.nodes(data=True):
-        if a["role"] not in ROLES + ("escape",):
+        if a["role"] not in GRAPH_ROLES:
             raise ScgError(f"node {n!r} has unknown role {a['role']!r}")
         if a["role"] in COSTS and g.out_degree(n):
             raise ScgError(f"cost {n!r} has children: costs are sinks")
@@ -111,11 +91,11 @@ def downstream_costs(g):
     """The causal pass: for each stochastic site, the costs it can influence (its descendants),
     in execution order. Returns a new dict; the graph is not changed."""
     cs = costs(g)
-    bits = downstream_bits(g, cs)
-    return {s: [cs[k] for k in members(bits[s])] for s in stochastic(g)}
+    bits = downstream_bitsets(g, cs)
+    return {s: [cs[k] for k in bitset_members(bits[s])] for s in stochastic(g)}
 
 
-def downstream_bits(g, targets):
+def downstream_bitsets(g, targets):
     """For every node, the set of ``targets`` among its descendants as a bitset (a Python int;
     bit k is ``targets[k]``). One pass in reverse execution order, each node the union of its
     children's sets: linear in the edges, where one ``nx.descendants`` per site is quadratic on
@@ -132,15 +112,15 @@ def downstream_bits(g, targets):
     return bits
 
 
-def members(b):
+def bitset_members(b):
     """The set bits of ``b``, ascending."""
     out = []
-    for lo, hi in runs(b):
+    for lo, hi in bitset_ranges(b):
         out.extend(range(lo, hi))
     return out
 
 
-def runs(b):
+def bitset_ranges(b):
     """The maximal runs of set bits of ``b`` as half-open ranges ``[lo, hi)``, ascending."""
     out = []
     while b:

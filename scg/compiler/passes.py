@@ -23,7 +23,7 @@ the graph with ``execution_of`` set and an ``execute`` edge to its unit.
 import networkx as nx
 
 from ..errors import ScgError
-from .graph import cost_order, downstream_bits, downstream_costs, stochastic
+from .graph import cost_order, downstream_bitsets, downstream_costs, stochastic
 
 KEEP = ("role", "coagent", "dist", "reparam", "execution_of", "execute", "plates", "shape",
         "owner")
@@ -47,7 +47,7 @@ def causal(g):
     one contiguous range of bits."""
     h = g.copy()
     order = cost_order(g)
-    bits = downstream_bits(g, order)
+    bits = downstream_bitsets(g, order)
     h.graph["costs"] = order
     for s in stochastic(g):
         h.nodes[s]["downstream"] = bits[s]

@@ -168,7 +168,7 @@ def _credit(sg, cg, attrs, times, offset, scale, gamma):
     rows, width = [], (1 << len(cg.names)) - 1
     for k, s in enumerate(sg.names):
         ratio, ts = scale / _scale(attrs[s]["plates"]), attrs[s]["time"]
-        for a, b in graph.runs((attrs[s]["downstream"] >> offset) & width):
+        for a, b in graph.bitset_ranges((attrs[s]["downstream"] >> offset) & width):
             wa = gamma ** (times[a] - ts) * ratio
             wb = wa * gamma ** (times[b] - times[a]) if b < len(times) else 0.0
             rows.append((k, a, b, wa, wb))

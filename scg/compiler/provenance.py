@@ -28,8 +28,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.runtime import _PYRO_STACK
 from torch.overrides import TorchFunctionMode
 
-from ..core.context import FAST_FRAMES
-from ..core.record import Record
+from ..core.record import Recorder
 from ..errors import ScgError
 from .guards import check_raw_sample
 
@@ -120,15 +119,14 @@ class validation(Messenger):
                 raise ValueError("states must be non-negative")
     """
 
-
-FAST_FRAMES.add(validation)
+    scg_fast_path = True   # it has no effect on sites
 
 
 def _validating():
     return any(isinstance(f, validation) for f in _PYRO_STACK)
 
 
-_SCG = os.path.dirname(os.path.abspath(__file__))
+_SCG = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the scg package
 _LIBRARIES = (os.path.dirname(os.path.abspath(torch.__file__)),
               os.path.dirname(os.path.abspath(pyro.__file__)))
 
@@ -268,7 +266,7 @@ class Provenance(TorchFunctionMode):
         return ret
 
 
-class Analysis(Record):
+class Analysis(Recorder):
     """Run (or replay) a run under provenance tracking; record each site's parents.
 
     ``parents[name]`` is the set of nodes it depends on: the sites its distribution's

@@ -1,23 +1,16 @@
 """Per-run state on Pyro's handler stack: the time index, site renaming, and ``done`` masks.
 
 Every call of an ``@scg.network`` function enters one :class:`RunContext`. Primitives are plain
-Pyro sample sites whose ``infer`` dict carries scg's metadata under these keys:
+Pyro sample sites whose ``infer`` dict carries scg's metadata (the keys: :mod:`scg.core.schema`).
 
-Keys:
-    scg_role (str): ``"message"``, ``"env"``, ``"predict"``, ``"reward"`` or ``"cost"``.
-    scg_coagent (str or None): the coagent owning the site.
-    scg_time (int): the step the site belongs to (set here).
-    scg_base (str): the user's name, before ``@t`` is appended (set here).
-    scg_plates (dict): plate name -> kind, for scg's own plates (set by the plates).
-    scg_weight (float): a predictor's weight.
-    scg_reparam (bool): a message whose gradient flows pathwise instead of by its score.
-    scg_execute (str): an asynchronous unit's execution source: its ``name.exec`` site,
-        ``"bit"`` (another coagent's bit) or ``"always"``.
-    scg_execution_of (str): on an execution coagent's site, the unit it drives.
+The fast path: when every handler on the stack is one whose effect on an scg site the fast path
+reproduces (a class that says so with ``scg_fast_path = True`` in its own body, or
+``poutine.mask``), a site skips Pyro's generic handler-stack machinery (:func:`sample_site`).
 """
 
 import pyro
 import torch
+from pyro.poutine.indep_messenger import IndepMessenger
 from pyro.poutine.mask_messenger import MaskMessenger
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.runtime import _PYRO_STACK
@@ -40,6 +33,8 @@ class RunContext(Messenger):
     returned with ``terminated``, count even when emitted after the call, and no cost that
     counts can read a masked site (a cost reads only values made before it).
     """
+
+    scg_fast_path = True
 
     def __init__(self):
         super().__init__()
@@ -104,8 +99,6 @@ def require_run(what):
 
 def active_plates():
     """The vectorised plates enclosing the current point: list of (name, dim, size, kind)."""
-    from pyro.poutine.indep_messenger import IndepMessenger
-
     plates = []
     for frame in _PYRO_STACK:
         if isinstance(frame, IndepMessenger) and frame.dim is not None:
@@ -124,9 +117,11 @@ def plate_shape(plates):
     return torch.Size(shape)
 
 
-# Handler types whose effect on an scg site the fast path reproduces: the run context,
-# poutine.mask, and (registered by their modules) scg's recorder and scg's plates.
-FAST_FRAMES = {RunContext, MaskMessenger}
+def fast_path_frame(frame):
+    """Whether the fast path reproduces handler ``frame``'s effect on an scg site: its class
+    (not a subclass) declares ``scg_fast_path = True``, or it is ``poutine.mask``."""
+    cls = type(frame)
+    return cls is MaskMessenger or cls.__dict__.get("scg_fast_path", False)
 
 
 def sample_site(name, fn, role, coagent=None, obs=None, **extra):
@@ -139,7 +134,7 @@ def sample_site(name, fn, role, coagent=None, obs=None, **extra):
     plates = tuple(active_plates())
     infer = {"scg_role": role, "scg_coagent": coagent, "scg_plates": plates}
     infer.update(extra)
-    if all(type(f) in FAST_FRAMES for f in _PYRO_STACK) and \
+    if all(fast_path_frame(f) for f in _PYRO_STACK) and \
             has_plate_sizes(fn, [(dim, size) for _, dim, size, _ in plates]):
         return _fast_sample(run, name, fn, obs, infer)
     return pyro.sample(name, fn, obs=obs, infer=infer)

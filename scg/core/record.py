@@ -8,26 +8,11 @@ from dataclasses import dataclass
 from pyro.poutine.messenger import Messenger
 
 from ..errors import ScgError
-from .context import FAST_FRAMES
 
 
 @dataclass
 class Site:
-    """One scg site of one run.
-
-    Keys:
-        name: unique name in the run (``m@3`` inside steps).
-        role: message, env, predict, reward or cost.
-        coagent: owning coagent (None for env, reward, and unowned costs).
-        time: step index t.
-        fn: the distribution (plates already broadcast into it).
-        value: the sampled or observed value.
-        mask: bool mask from ``scg.done`` (None if none).
-        plates: tuple of (name, dim, size, kind).
-        infer: the site's infer dict (weight, reparam, ...).
-        version: the value's version counter when it was recorded (an in-place write into a
-            sampled value after that is an error: :meth:`check_unchanged`).
-    """
+    """One scg site of one run (the keys: :mod:`scg.core.schema`, "A recorded site")."""
 
     name: str
     role: str
@@ -57,8 +42,10 @@ class Site:
                 self.infer.get("scg_reparam", False))
 
 
-class Record(Messenger):
+class Recorder(Messenger):
     """Collect the scg sites of a run, in execution order."""
+
+    scg_fast_path = True   # the fast path calls record_site itself
 
     def __init__(self):
         super().__init__()
@@ -88,8 +75,6 @@ class Record(Messenger):
                     getattr(value, "_version", 0))
 
 
-FAST_FRAMES.add(Record)
-
 
 class Fix(Messenger):
     """Set latent scg sites (messages, env) to given values without making them observed.
@@ -113,16 +98,16 @@ class Fix(Messenger):
             self.missing(msg)
 
 
-def run(model, args, kwargs, *handlers, record=None):
-    """Run ``model`` under ``handlers`` (outermost first) and ``record`` (a new
-    :class:`Record` if None, outermost of all); return its sites and the model's value."""
-    record = Record() if record is None else record
+def record(model, args, kwargs, *handlers, recorder=None):
+    """Run ``model`` once under ``handlers`` (outermost first) and ``recorder`` (a new
+    :class:`Recorder` if None, outermost of all); return its sites and the model's value."""
+    recorder = Recorder() if recorder is None else recorder
     fn = model
     for h in reversed(handlers):
         fn = h(fn) if not isinstance(h, Messenger) else _wrap(h, fn)
-    with record:
+    with recorder:
         out = fn(*args, **kwargs)
-    return record.sites, out
+    return recorder.sites, out
 
 
 def _wrap(handler, fn):
@@ -132,4 +117,4 @@ def _wrap(handler, fn):
     return wrapped
 
 
-__all__ = ["Site", "Record", "Fix", "run"]
+__all__ = ["Site", "Recorder", "Fix", "record"]

@@ -24,7 +24,7 @@ from ..compiler.graph import build as build_graph
 from ..compiler.guards import arguments, check_replay, check_sites, data_flow, first_difference
 from ..compiler.plan import build as build_plan
 from ..compiler.provenance import Analysis
-from ..core.record import run
+from ..core.record import record
 from ..errors import ScgError
 from . import baselines, monte_carlo, online
 from .monte_carlo import Output
@@ -184,7 +184,7 @@ class Estimator(torch.nn.Module):
         guard = arguments(args, kwargs)
         if self.dynamic or self.verify or not self.structures:
             analysis = Analysis(inputs=(args, kwargs))
-            sites, value = self.trace(args, kwargs, *handlers, record=analysis)
+            sites, value = self.trace(args, kwargs, *handlers, recorder=analysis)
             plan = self.plan_of(sites, analysis, guard)
         else:
             sites, value = self.trace(args, kwargs, *handlers)
@@ -252,10 +252,10 @@ class Estimator(torch.nn.Module):
         out.value, out.sites = value, sites
         return out
 
-    def trace(self, args, kwargs, *handlers, record=None):
+    def trace(self, args, kwargs, *handlers, recorder=None):
         """Run the model once, recording its sites: ``(sites, return value)``."""
         try:
-            return run(self.model, args, kwargs, *handlers, record=record)
+            return record(self.model, args, kwargs, *handlers, recorder=recorder)
         except (ValueError, RuntimeError) as e:
             # torch.distributions' validation, or sampling from invalid numbers (a model
             # built without validate_args)

@@ -33,12 +33,12 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.trace_messenger import TraceMessenger
 from pyro.poutine.util import site_is_subsample
 
-from ..core.record import Fix, run
+from ..core.record import Fix, record
+from ..core.schema import COSTS
 from ..errors import ScgError
 from ..estimators.estimator import Estimator, compile
 
 LATENT = ("message", "env")
-COSTS = ("reward", "cost", "predict")
 ZERO = 1e-6  # a coagent's exact gradient below ZERO * |total gradient| counts as zero
 # The exact total gradient counts as zero (the comparison is vacuous) below this norm.
 VACUOUS = {torch.float64: 1e-10, torch.float32: 1e-6}
@@ -144,7 +144,7 @@ def check(model, *args, method="auto", max_size=4096, samples=2000, directions=8
         raise ScgError(f"unknown method {method!r}; valid: ['auto', 'enumerate', 'fd']")
     est = est if est is not None else compile(model, **options)
     tracer = TraceMessenger()
-    sites, _ = run(model, args, {}, tracer)   # a plain recorded run: sizes the space
+    sites, _ = record(model, args, {}, tracer)   # a plain recorded run: sizes the space
     raw = raw_sites(tracer.trace)
     size, why = space_size(sites)
     if why is None and raw:
@@ -266,7 +266,7 @@ def joint_values(model, args):
     while stack:
         values = stack.pop()
         try:
-            sites, _ = run(model, args, {}, Fix(values, _raise))
+            sites, _ = record(model, args, {}, Fix(values, _raise))
         except _Branch as b:
             stack.extend(_branches(values, b.msg))
             continue
@@ -599,7 +599,7 @@ def fd_check(est, args, samples, directions, eps, seed=0, confidence=0.99, raw=(
                     with torch.no_grad():
                         for k in range(samples):
                             _seed(seed, k)
-                            sites, _ = run(model, args, {}, Couple(seed * 1_000_003 + k))
+                            sites, _ = record(model, args, {}, Couple(seed * 1_000_003 + k))
                             Jpm[side, j, k] = float(objective(sites, gamma, kind))
         finally:
             _assign(params, flat)

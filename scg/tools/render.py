@@ -18,7 +18,7 @@ Conventions (Pyro's plate notation, plus roles and time):
 
 import graphviz
 
-from ..compiler import graph as G
+from ..compiler.graph import downstream_costs
 from ..compiler.passes import roll, rolled_credit, unroll
 from ..errors import ScgError
 from ..estimators.estimator import compile
@@ -147,7 +147,7 @@ def view(est, args, kwargs, rolled=False, unrolled=None):
         return roll(g), rolled_credit(g)
     if unrolled:
         g = unroll(roll(g), unrolled)
-    return g, {(s, c): [] for s, cs in G.downstream_costs(g).items() for c in cs}
+    return g, {(s, c): [] for s, cs in downstream_costs(g).items() for c in cs}
 
 
 def render(model, *args, est=None, rolled=False, unrolled=None, credit=False, **kwargs):

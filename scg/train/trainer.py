@@ -1,23 +1,18 @@
-"""Training a compiled network: the loop researchers otherwise rewrite for every experiment.
+"""The training loop of a compiled network, the loop researchers otherwise rewrite for every
+experiment: set-up, one update after another, and exact save and resume.
 
 ``scg.Trainer(model, inputs, ...)`` runs updates of the Monte Carlo estimator, or windows of the
 online actor-critic (``estimator="td"``, one update per window, episodes ended by ``done``),
 with either one optimiser over every parameter (``per_coagent=False``: step on the total
 loss) or one optimiser per coagent, each stepping on the gradient of *its own local loss*
-(coagent policy gradient theorem: for parameters a coagent owns alone this is the global
-gradient; a parameter shared by several coagents is stepped by a ``shared`` optimiser on the
-sum of their local gradients; the online critic by a ``critic`` one).
-
-Around the loop: step-size schedules (Robbins–Monro, cosine, any ``step -> factor``), seeding,
-a progress bar (tqdm), metrics to CSV and TensorBoard, a learning-curve plot (matplotlib), and
-checkpoints written atomically that resume *exactly*: parameters, optimiser and schedule state,
-baselines and critics, online eligibility traces, the state of an ``inputs`` object that has a
-``state_dict`` (an environment driver), the metrics so far, and the random state of torch,
-Python and numpy.
+(the groups: :mod:`scg.train.optimizers`). Metrics go to CSV and TensorBoard
+(:mod:`scg.train.logs`); checkpoints (:mod:`scg.train.checkpoint`) resume *exactly*:
+parameters, optimiser and schedule state, baselines and critics, online eligibility traces, the
+state of an ``inputs`` object that has a ``state_dict`` (an environment driver), the metrics so
+far, and the random state of torch, Python and numpy. The trainer reads the estimator only
+through its public surface.
 """
 
-import csv
-import math
 import os
 import time
 
@@ -26,60 +21,9 @@ import torch
 
 from ..errors import ScgError
 from ..estimators.estimator import Estimator, compile
-from . import checkpoint as C
-
-OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
-              "rmsprop": torch.optim.RMSprop, "adagrad": torch.optim.Adagrad}
+from . import checkpoint, logs, optimizers
 
 
-# ---- step-size schedules ---------------------------------------------------------------------
-def robbins_monro(tau=100.0, kappa=1.0):
-    """Step-size factor ``(1 + t / tau)^(-kappa)``: for 1/2 < kappa <= 1 the step sizes sum to
-    infinity and their squares do not (Robbins & Monro 1951), the condition of the stochastic
-    approximation convergence results policy-gradient coagents rely on."""
-    if not 0.5 < kappa <= 1.0:
-        raise ScgError(f"robbins_monro: kappa must be in (0.5, 1] (sum of steps infinite, sum of "
-                       f"squares finite), got {kappa}")
-    if tau <= 0:
-        raise ScgError(f"robbins_monro: tau must be > 0, got {tau}")
-    return lambda t: (1.0 + t / tau) ** (-kappa)
-
-
-def cosine(total):
-    """Step-size factor from 1 down to 0 over ``total`` updates along half a cosine."""
-    return lambda t: 0.5 * (1.0 + math.cos(math.pi * min(t, total) / total))
-
-
-SCHEDULES = {"constant": lambda total: (lambda t: 1.0),
-             "robbins-monro": lambda total: robbins_monro(),
-             "cosine": cosine}
-
-
-def schedule(spec, total):
-    """A ``step -> factor`` function from a name (``constant``, ``robbins-monro``, ``cosine``),
-    a callable, or None (constant)."""
-    if spec is None:
-        spec = "constant"
-    if callable(spec):
-        return spec
-    if spec not in SCHEDULES:
-        raise ScgError(f"unknown schedule {spec!r}; valid: {sorted(SCHEDULES)} or a callable "
-                       "step -> factor (e.g. scg.train.trainer.robbins_monro(tau, kappa))")
-    return SCHEDULES[spec](total)
-
-
-def _optimizer(spec, params, lr, group="all"):
-    if isinstance(spec, dict):
-        spec = spec.get(group, spec.get("default", "adam"))
-    if callable(spec) and not isinstance(spec, str):
-        return spec(params, lr)
-    if str(spec).lower() not in OPTIMIZERS:
-        raise ScgError(f"unknown optimizer {spec!r}; valid: {sorted(OPTIMIZERS)} or a callable "
-                       "(params, lr) -> torch.optim.Optimizer")
-    return OPTIMIZERS[str(spec).lower()](params, lr=lr)
-
-
-# ---- the trainer -----------------------------------------------------------------------------
 class Trainer:
     """Train ``model`` (an ``@scg.network`` or a compiled :class:`scg.Estimator`) on
     ``inputs``: a callable ``step -> args`` (a tuple, or one tensor) or fixed args.
@@ -132,10 +76,10 @@ class Trainer:
             self.est = model
         else:
             self.est = compile(model, **options)
-        if done is not None and (self.est.td is None or not callable(done)):
+        if done is not None and (not self.est.online or not callable(done)):
             raise ScgError("done= is a callable out -> bool [N] for estimator='td' (episodes "
                            "that ended in the window); the Monte Carlo estimator runs whole "
-                           "episodes" if self.est.td is None else
+                           "episodes" if not self.est.online else
                            f"done= must be a callable out -> bool [N], got {done!r}")
         if isinstance(optimizer, dict) and not per_coagent:
             raise ScgError("a dict of optimizers needs per_coagent=True")
@@ -166,49 +110,10 @@ class Trainer:
         if self.groups is not None:
             return
         self._total = total
-        self._discover()
-        critic = self._critic()
-        if self.per_coagent:
-            clash = sorted(set(self.est.params) & {"shared", "critic", "default"})
-            if clash:
-                raise ScgError(f"coagent name(s) {clash} clash with the trainer's optimiser "
-                               "groups ('shared', 'critic', 'default') under per_coagent=True: "
-                               "rename the coagent(s)")
-            shared = set(self.est.shared)
-            named = {c: [p for p in self.est.parameters(c) if id(p) not in shared]
-                     for c in self.est.params}
-            named["shared"] = [p for p in self.est.parameters() if id(p) in shared]
-            named["critic"] = critic
-            lrs = self.lr if isinstance(self.lr, dict) else {"default": self.lr}
-            for what, spec in (("lr", lrs), ("optimizer", self.optimizer)):
-                unknown = set(spec) - set(named) - {"default"} if isinstance(spec, dict) \
-                    else set()
-                if unknown:
-                    raise ScgError(f"{what} names unknown coagent(s) {sorted(unknown)}; "
-                                   f"coagents: {sorted(self.est.params)} (and 'shared', "
-                                   "'critic', 'default')")
-            rates = {g: lrs.get(g, lrs.get("default", 0.01)) for g in named}
-        else:
-            if isinstance(self.lr, dict):
-                raise ScgError("a dict of step sizes needs per_coagent=True")
-            named, rates = {"all": list(self.est.parameters()) + critic}, {"all": self.lr}
-        self.groups = {}
-        for g, ps in named.items():
-            if ps:
-                opt = _optimizer(self.optimizer, ps, rates[g], g)
-                sched = torch.optim.lr_scheduler.LambdaLR(opt, self._factor)
-                self.groups[g] = (ps, opt, sched)
+        self.est.discover(*self._args(0))   # meet the parameters; its draws are discarded
+        self.groups = optimizers.make_groups(self.est, self.optimizer, self.lr,
+                                             self.per_coagent, self._factor)
         self._known = {id(p) for ps, _, _ in self.groups.values() for p in ps}
-
-    def _discover(self):
-        """One run on ``inputs(0)`` to find the parameters, its draws discarded: no baseline
-        update, and for ``estimator="td"`` no window (the traces stay as they are)."""
-        self.est.discover(*self._args(0))
-
-    def _critic(self):
-        """The ``scg.value`` sites' parameters that no coagent owns (the online critic; the
-        Monte Carlo estimator ignores value sites, so there is none to train)."""
-        return self.est.critic_parameters()
 
     def _check_known(self):
         """A window may reach parameters the set-up run did not (a coagent that acts only
@@ -227,7 +132,7 @@ class Trainer:
         """The schedule's factor at ``step``, over the total of the current ``fit`` (a cosine
         schedule resumed with another total follows the new one); built once per total."""
         if self._schedule is None or self._schedule[0] != self._total:
-            self._schedule = (self._total, schedule(self.schedule_spec, self._total))
+            self._schedule = (self._total, optimizers.schedule(self.schedule_spec, self._total))
         return self._schedule[1](step)
 
     # ---- one update --------------------------------------------------------------------------
@@ -235,34 +140,60 @@ class Trainer:
         """One run, one gradient step on every group; returns the metrics row."""
         t0 = time.perf_counter()
         out = self.est(*self._args(self.step))
-        ended = self._end_episodes(out) if self.est.td is not None else None
+        ended = self._end_episodes(out) if self.est.online else None
+        self._check_finite(out)
+        self._backward(out)
+        self._clip()
+        used = self._step()
+        self.step += 1
+        row = self._row(out, used, ended, t0)
+        if self.callback is not None:
+            self.callback(self, out, row)
+        return row
+
+    def _check_finite(self, out):
+        """Raise before any step if the total or a local loss is not finite."""
         for c, loss in [("total", out.loss)] + sorted(out.local.items()):
             if not torch.isfinite(loss).all():
                 kept = "the last checkpoint and the parameters are as before this update" \
-                    if self.est.td is None else "the parameters are as before this update; " \
+                    if not self.est.online else "the parameters are as before this update; " \
                     "the online traces and the inputs have moved on: resume from the last " \
                     "checkpoint"
                 raise ScgError(f"update {self.step}: the local loss of coagent {c!r} is "
                                f"{loss.item()}; no step taken ({kept})")
+
+    def _backward(self, out):
+        """The gradients of this update: of the total loss, or (``per_coagent``) of each local
+        loss on its own coagent's parameters (the ``critic`` loss on the critic's)."""
         for _, opt, _ in self.groups.values():
             opt.zero_grad(set_to_none=True)
         if self.per_coagent:
+            coagents = set(self.est.coagents)
             for c, loss in out.local.items():
-                ps = list(self.est.parameters(c)) if c in self.est.params else \
+                ps = list(self.est.parameters(c)) if c in coagents else \
                     self.groups.get(c, ([],))[0] if c == "critic" else []
                 ps = [p for p in ps if p.requires_grad]
                 if ps and loss.requires_grad:
                     torch.autograd.backward(loss, inputs=ps, retain_graph=True)
         else:
             out.loss.backward()
+
+    def _clip(self):
+        """Clip the norm of the gradient over every group's parameters to ``max_grad_norm``."""
         if self.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(
                 [p for ps, _, _ in self.groups.values() for p in ps], self.max_grad_norm)
+
+    def _step(self):
+        """Step every group's optimiser and schedule; returns group -> the step size used."""
         used = {g: opt.param_groups[0]["lr"] for g, (_, opt, _) in self.groups.items()}
         for _, opt, sched in self.groups.values():
             opt.step()
             sched.step()
-        self.step += 1
+        return used
+
+    def _row(self, out, used, ended, t0):
+        """The metrics row of the update just done (started at ``t0``)."""
         row = {"step": self.step, "objective": float(torch.as_tensor(out.objective).detach()),
                "loss": float(out.loss.detach())}
         row.update({f"loss/{c}": float(v.detach()) for c, v in sorted(out.local.items())})
@@ -270,8 +201,6 @@ class Trainer:
         if ended is not None:
             row["episodes_ended"] = int(ended.sum())
         row["seconds"] = time.perf_counter() - t0
-        if self.callback is not None:
-            self.callback(self, out, row)
         return row
 
     def _end_episodes(self, out):
@@ -294,7 +223,7 @@ class Trainer:
             raise ScgError(f"fit: updates must be a non-negative int, got {updates!r}")
         self._setup(updates)
         self._total = updates
-        bar = _progress(self.progress, updates, self.step)
+        bar = logs.progress_bar(self.progress, updates, self.step)
         try:
             while self.step < updates:
                 row = self.update()
@@ -313,38 +242,23 @@ class Trainer:
 
     # ---- metrics ----------------------------------------------------------------------------
     def _log(self, row):
+        """The row to ``out/metrics.csv`` and, with ``tensorboard``, to TensorBoard."""
         if self.out is None:
             return
-        path = os.path.join(self.out, "metrics.csv")
-        os.makedirs(self.out, exist_ok=True)
-        if len(self.history) == 1 or not os.path.exists(path) or \
-                set(row) - set(self.history[0]):
-            write_csv(path, self.history)
-        else:
-            with open(path, "a", newline="") as f:
-                csv.DictWriter(f, fieldnames=list(self.history[0]),
-                               extrasaction="ignore").writerow(row)
+        logs.append_csv(os.path.join(self.out, "metrics.csv"), self.history)
         if self.tensorboard:
-            writer = self._tensorboard()
-            for k, v in row.items():
-                if k != "step":
-                    writer.add_scalar(k, v, row["step"])
+            logs.add_scalars(self._tensorboard(), row)
 
     def _tensorboard(self):
         if self._writer is None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as e:
-                raise ScgError("tensorboard=True needs the tensorboard package: pip install "
-                               "tensorboard (or scg[dev])") from e
-            self._writer = SummaryWriter(os.path.join(self.out, "tensorboard"),
-                                         purge_step=self.step or None)
+            self._writer = logs.tensorboard_writer(os.path.join(self.out, "tensorboard"),
+                                                   purge_step=self.step or None)
         return self._writer
 
     def plot(self, path=None, smooth=20):
         """The learning curve (estimated return, and each coagent's local loss) as a PNG."""
-        return plot(self.history, path or os.path.join(self.out or ".", "learning_curve.png"),
-                    smooth)
+        return logs.plot(self.history,
+                         path or os.path.join(self.out or ".", "learning_curve.png"), smooth)
 
     # ---- checkpoints ------------------------------------------------------------------------
     @property
@@ -378,8 +292,8 @@ class Trainer:
                 "estimator": self.est.state_dict(),
                 "optimizers": {g: opt.state_dict() for g, (_, opt, _) in self.groups.items()},
                 "schedulers": {g: s.state_dict() for g, (_, _, s) in self.groups.items()},
-                "rng": C.rng_state(),
-                "td": self.est.td.state(named) if self.est.td else None,
+                "rng": checkpoint.rng_state(),
+                "td": self.est.online_state(named),
                 "inputs": self.inputs.state_dict() if hasattr(self.inputs, "state_dict")
                 else None}
 
@@ -403,22 +317,21 @@ class Trainer:
         for g, (_, opt, sched) in self.groups.items():
             opt.load_state_dict(state["optimizers"][g])
             sched.load_state_dict(state["schedulers"][g])
-        if self.est.td is not None and state.get("td") is not None:
-            self.est.td.load_state(state["td"], params)
+        self.est.load_online_state(state.get("td"), params)
         if state.get("inputs") is not None:
             if not hasattr(self.inputs, "load_state_dict"):
                 raise ScgError("the checkpoint holds the state of the inputs object, but these "
                                "inputs have no load_state_dict")
             self.inputs.load_state_dict(state["inputs"])
         self.step, self.history = state["step"], list(state["history"])
-        C.set_rng_state(state["rng"])
+        checkpoint.set_rng_state(state["rng"])
         if self.out is not None and self.history:
-            write_csv(os.path.join(self.out, "metrics.csv"), self.history)
+            logs.write_csv(os.path.join(self.out, "metrics.csv"), self.history)
 
     def save(self, path=None):
         """Write a checkpoint atomically (default ``out/checkpoint.pt``); returns its path."""
         path = path or self.checkpoint_path
-        C.save(path, self.state_dict())
+        checkpoint.save(path, self.state_dict())
         return path
 
     def resume(self, path=None, total=None):
@@ -427,7 +340,7 @@ class Trainer:
         path = path or self.checkpoint_path
         if not os.path.exists(path):
             return False
-        self.load_state_dict(C.load(path), total)
+        self.load_state_dict(checkpoint.load(path), total)
         return True
 
 
@@ -439,63 +352,3 @@ def train(model, inputs, updates, resume=True, **kwargs):
         trainer.resume(total=updates)
     trainer.fit(updates)
     return trainer
-
-
-# ---- output ------------------------------------------------------------------------------------
-def write_csv(path, history):
-    """Write a metrics history to ``path`` (all keys of all rows as columns), atomically."""
-    keys = list(dict.fromkeys(k for row in history for k in row))
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(history)
-    os.replace(tmp, path)
-
-
-def read_csv(path):
-    """A metrics history from a CSV file written by the trainer (numbers as floats)."""
-    with open(path, newline="") as f:
-        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
-
-
-def plot(history, path, smooth=20):
-    """Plot a metrics history (a list of dicts, or a CSV path) to ``path``: the estimated
-    return per update with its moving average, and each coagent's local loss."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if isinstance(history, (str, os.PathLike)):
-        history = read_csv(history)
-    if not history:
-        raise ScgError("plot: the metrics history is empty")
-    steps = [r["step"] for r in history]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
-    ys = [r["objective"] for r in history]
-    a.plot(steps, ys, alpha=0.35, label="estimate of J per update")
-    k = max(1, min(smooth, len(ys)))
-    avg = [sum(ys[max(0, i - k + 1):i + 1]) / len(ys[max(0, i - k + 1):i + 1])
-           for i in range(len(ys))]
-    a.plot(steps, avg, label=f"moving average ({k})")
-    a.set_xlabel("update")
-    a.set_ylabel("return")
-    a.legend()
-    for key in sorted({k for r in history for k in r if k.startswith("loss/")}):
-        b.plot(steps, [r.get(key, float("nan")) for r in history], label=key[5:])
-    b.set_xlabel("update")
-    b.set_ylabel("local loss")
-    b.legend(fontsize=8)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _progress(enabled, total, initial):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, disable=not enabled, dynamic_ncols=True,
-                desc="scg train")
