@@ -23,7 +23,7 @@ REGISTRY = {}
 class Setup:
     """A model ready to train, draw, derive and check.
 
-    Keys:
+    Attributes:
         network: the ``@scg.network`` function.
         inputs: ``step -> args`` for training (a tuple, or one value).
         example: small arguments for ``render``/``derive`` (and ``check`` unless ``check`` is

@@ -18,7 +18,7 @@ from ..errors import ScgError
 class Owners:
     """What one run's sites reach.
 
-    Keys:
+    Attributes:
         reach: coagent -> {id(p): p}, the parameters its sites reach, in discovery order.
         values: {id(p): p} reached from ``scg.value`` sites (the online critic).
         cost_owner: unlabelled cost name -> the coagent owning its pathwise gradient (None:

@@ -53,6 +53,8 @@ def _reduction(cost_key, site_key):
 
 @dataclass
 class Group:
+    """Sites (or costs) of one batch shape and plates, stacked into one tensor per call."""
+
     names: list
     index: list        # positions in the run's site list
     shape: tuple
@@ -81,6 +83,11 @@ class Credit:
 
 @dataclass
 class Plan:
+    """The recipe of one structure: the analysed graph, the coagents (their order indexes the
+    local losses), the site and cost groups, and per (site group, cost group) the
+    :class:`Credit`; ``kappa`` and ``coef`` are the score and cost coefficients. Tensors are
+    kept in float64 on the CPU and moved once per device and dtype (:meth:`on`)."""
+
     graph: object
     coagents: list
     sites: list        # score-site groups

@@ -112,11 +112,13 @@ class validation(Messenger):
     they decide whether the run fails, not what it computes. Do not branch on them otherwise:
     that is exactly the data flow an escape stands for.
 
-    Example::
+    For example:
 
-        with scg.validation():
-            if s.min() < 0:
-                raise ValueError("states must be non-negative")
+    ```python
+    with scg.validation():
+        if s.min() < 0:
+            raise ValueError("states must be non-negative")
+    ```
     """
 
     scg_fast_path = True   # it has no effect on sites
@@ -183,12 +185,13 @@ def _busy(mode):
 class Provenance(TorchFunctionMode):
     """The provenance side table of one analysed run.
 
-    ``table``: tensor (by identity) -> frozenset of source names (site names, or
-    :data:`INPUT`): every tensor an operation returns gets the union of its arguments'
-    provenance (``tab[i]`` depends on ``i`` even where it is a view of ``tab``).
-    ``writes``: storage -> the provenance written into it in place (``buf[0] = m``), which every
-    tensor on that storage, every view, carries from then on.
-    ``sampled``: storage -> the site whose sampled value it holds (never written in place).
+    - ``table``: tensor (by identity) -> frozenset of source names (site names, or
+      :data:`INPUT`): every tensor an operation returns gets the union of its arguments'
+      provenance (``tab[i]`` depends on ``i`` even where it is a view of ``tab``).
+    - ``writes``: storage -> the provenance written into it in place (``buf[0] = m``), which
+      every tensor on that storage, every view, carries from then on.
+    - ``sampled``: storage -> the site whose sampled value it holds (never written in place).
+
     Tensors in the table are kept alive for the run, so an identity is never reused while the
     table refers to it. ``escape(names, func)`` is called for every escape of tracked data
     (``quiet`` suppresses it during scg's own bookkeeping).
