@@ -37,7 +37,7 @@ class Chain:
                     scg.reward("r", x)
 
         self.model = chain
-        self.est = scg.compile(chain)
+        self.est = scg.compile(chain, baseline="none")   # the hand-written loss has none
 
     def scg_iteration(self):
         out = self.est(self.B)
@@ -100,7 +100,7 @@ class Layer:
                 a = scg.message("a", dist.Bernoulli(logits=lin(x)), coagent="layer")
                 scg.reward("r", (a == target).float())
 
-        self.est = scg.compile(layer)
+        self.est = scg.compile(layer, baseline="none")
 
     def scg_iteration(self):
         self.step(self.est(self.x).loss)
@@ -150,7 +150,7 @@ class TalkingAgents:
                                          one_hot(m[other[n]], M).float()], -1)
                         h[n] = agents[n]["gru"](inp, h[n])
 
-        self.est = scg.compile(talk)
+        self.est = scg.compile(talk, baseline="none")
 
     def data(self):
         D = [torch.randint(0, self.K, (self.B,))]

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import pyro.distributions as dist
 import torch
+from torch.nn.functional import one_hot
 
 import scg
 
@@ -59,12 +60,13 @@ class Gridworld:
     def atomic_step(self, th, s, prev, execute=EXECUTE):
         """One atomic step of the three asynchronous units from cell ``s``: (b1, b2, a)."""
         p = torch.full(s.shape, execute, dtype=th["u1"].dtype)
+        x = one_hot(s, self.cells).to(p.dtype)   # the cell: local state for a critic baseline
         b1 = scg.message("b1", dist.Bernoulli(logits=th["u1"][s]), coagent="u1",
-                         execute=p, init=prev[0])
+                         execute=p, init=prev[0], state=x)
         b2 = scg.message("b2", dist.Bernoulli(logits=th["u2"][s]), coagent="u2",
-                         execute=p, init=prev[1])
+                         execute=p, init=prev[1], state=x)
         a = scg.message("a", dist.Categorical(logits=th["pi"][b1.long(), b2.long()]),
-                        coagent="pi", execute=p, init=prev[2])
+                        coagent="pi", execute=p, init=prev[2], state=(x, b1[:, None], b2[:, None]))
         return b1, b2, a
 
     def episodes(self, th):

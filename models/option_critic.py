@@ -30,6 +30,7 @@ update per step; each run's episode restarts on its own via ``est.finish(done=..
 
 import pyro.distributions as dist
 import torch
+from torch.nn.functional import one_hot
 
 import scg
 
@@ -78,6 +79,12 @@ class OptionCritic:
         dtype = th["beta"].dtype
         P = world.P.to(dtype)
 
+        def cell(s):   # the local state a critic baseline reads: the cell, one-hot
+            return one_hot(s, world.S).to(dtype)
+
+        def held(w):
+            return one_hot(w, self.options).to(dtype)
+
         @scg.network
         def option_critic(s0, goal, run, horizon=None):
             self.check_inputs(s0, goal, run)
@@ -97,13 +104,14 @@ class OptionCritic:
                         if t == T or (t in STOPS and bool(finished.all())):
                             break
                         term = scg.message("term", dist.Bernoulli(logits=th["beta"][run, s, w]),
-                                           coagent="termination").bool()
+                                           coagent="termination", state=(cell(s), held(w)))
+                        term = term.bool()
                     else:
                         term = torch.ones(N, dtype=torch.bool)   # the first option is drawn
                     w = scg.message("option", dist.Categorical(logits=th["over"][run, s]),
-                                    coagent="policy_over_options", execute=term)
+                                    coagent="policy_over_options", execute=term, state=cell(s))
                     a = scg.message("action", dist.Categorical(logits=th["intra"][run, s, w]),
-                                    coagent="intra_option")
+                                    coagent="intra_option", state=(cell(s), held(w)))
                     steps = steps + finished.logical_not().long()
             return steps
         return option_critic

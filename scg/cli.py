@@ -69,7 +69,7 @@ def parser():
     t.add_argument("--lr", type=float, default=None)
     t.add_argument("--optimizer", default=None)
     t.add_argument("--schedule", default=None, help="constant, robbins-monro or cosine")
-    t.add_argument("--baseline", default=None, help="none, avg, loo or critic")
+    t.add_argument("--baseline", default=None, help="auto, none, avg, loo or critic")
     t.add_argument("--per-coagent", action="store_true",
                    help="one optimiser per coagent, on its local loss")
     t.add_argument("--checkpoint-every", type=int, default=50)

@@ -49,24 +49,48 @@ def coagent(fn=None, *, name=None):
     label = name or getattr(fn, "__name__", None) or type(fn).__name__.lower()
 
     if isinstance(fn, torch.nn.Module):
-        fn.register_forward_hook(lambda _m, _i, out: _tag(out, label))
+        fn.register_forward_hook(lambda _m, inputs, out: _tag(out, label, inputs))
         fn._scg_coagent = label
         return fn
 
     @functools.wraps(fn)
     def unit(*args, **kwargs):
-        return _tag(fn(*args, **kwargs), label)
+        return _tag(fn(*args, **kwargs), label, args + tuple(kwargs.values()))
 
     unit._scg_coagent = label
     return unit
 
 
-def _tag(d, label):
+def _tag(d, label, inputs=()):
+    """Mark distribution ``d`` as coagent ``label``'s, with the unit's tensor inputs as its
+    local state (what a ``critic`` baseline reads)."""
     if not isinstance(d, torch.distributions.Distribution):
         raise ScgError(f"coagent {label!r} must return a torch distribution, "
                        f"got {type(d).__name__}")
     d._scg_coagent = label
+    d._scg_state = tuple(x for x in inputs if isinstance(x, torch.Tensor))
     return d
+
+
+def _local_state(name, fn, state):
+    """The local state of message ``name``: ``state`` (a tensor or a tuple of them) if given,
+    else the inputs of the ``@scg.coagent`` unit that built ``fn``, else None. Detached; each
+    tensor's leading dims must broadcast to the distribution's batch shape."""
+    if state is None:
+        state = getattr(fn, "_scg_state", None) or None
+    if state is None:
+        return None
+    state = (state,) if isinstance(state, torch.Tensor) else tuple(state)
+    batch = tuple(fn.batch_shape)
+    for k, x in enumerate(state):
+        if not isinstance(x, torch.Tensor):
+            raise ScgError(f"message {name!r}: state= holds tensors, got {type(x).__name__} at "
+                           f"position {k}")
+        lead = tuple(x.shape[:len(batch)])
+        if x.dim() < len(batch) or not expands_to(lead, batch):
+            raise ScgError(f"message {name!r}: state tensor {k} has shape {tuple(x.shape)}; its "
+                           f"leading dims must broadcast to the batch shape {batch}")
+    return tuple(x.detach() for x in state)
 
 
 def _check_name(name):
@@ -88,12 +112,16 @@ def _check_coagent(label, where):
                        "unit NAME); choose another name")
 
 
-def message(name, fn, coagent=None, execute=None, init=None, reparam=False):
+def message(name, fn, coagent=None, execute=None, init=None, reparam=False, state=None):
     """A coagent's stochastic output. Its value is detached unless ``reparam=True``.
 
     Credit reaches the coagent through its score term ``log p(m | parents)``; with
     ``reparam=True`` the value is a reparameterised sample and gradients flow pathwise instead.
-    ``execute``/``init`` make the unit asynchronous (:mod:`scg.core.asynchrony`).
+    ``execute``/``init`` make the unit asynchronous (:mod:`scg.core.asynchrony`). ``state``: the
+    coagent's local state (a tensor or a tuple of tensors whose leading dims are the batch), the
+    input of a ``baseline="critic"``; default: the inputs of the ``@scg.coagent`` unit that
+    built ``fn``, else the distribution's parameters. It must be known before the draw (it is),
+    so the critic stays an unbiased baseline.
     """
     _check_name(name)
     coagent = coagent or getattr(fn, "_scg_coagent", None)
@@ -104,10 +132,12 @@ def message(name, fn, coagent=None, execute=None, init=None, reparam=False):
     if reparam and not fn.has_rsample:
         raise ScgError(f"message {name!r}: reparam=True needs a reparameterisable distribution, "
                        f"{type(fn).__name__} is not")
+    local = _local_state(name, fn, state)
     if execute is None and init is None:
-        value = sample_site(name, fn, "message", coagent, scg_reparam=bool(reparam))
+        value = sample_site(name, fn, "message", coagent, scg_reparam=bool(reparam),
+                            scg_state=local)
         return value if reparam else value.detach()
-    return asynchronous_message(name, fn, coagent, execute, init, reparam)
+    return asynchronous_message(name, fn, coagent, execute, init, reparam, local)
 
 
 def env(name, fn):

@@ -47,7 +47,7 @@ def test_per_coagent_sgd_on_local_losses_equals_joint_sgd(name):
 
 def test_per_coagent_step_sizes():
     model, args, opts = fresh("chain")
-    t = scg.Trainer(model, args, optimizer="sgd", lr={"f": 0.0, "default": 0.5},
+    t = scg.Trainer(model, args, optimizer="sgd", lr={"f": 0.0, "default": 0.5}, baseline="none",
                     per_coagent=True, progress=False)
     t._setup(3)
     before = {c: [p.detach().clone() for p in t.est.parameters(c)] for c in ("f", "g")}

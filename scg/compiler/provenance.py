@@ -272,6 +272,9 @@ class Provenance(TorchFunctionMode):
 class Analysis(Recorder):
     """Run (or replay) a run under provenance tracking; record each site's parents.
 
+    It takes scg's fast path (:func:`scg.core.context.sample_site`) like the plain recorder:
+    provenance is read off the torch operations, not Pyro's handler machinery.
+
     ``parents[name]`` is the set of nodes it depends on: the sites its distribution's
     parameters (a cost: its value; a predictor: also its observed data) and its mask were
     computed from, and the *escape node* current when it was emitted. ``masks[name]``,
@@ -291,6 +294,8 @@ class Analysis(Recorder):
     ``replay`` (site name -> value) replays a recorded run; without it the run samples afresh.
     ``inputs`` are the model's arguments: their tensors are the source :data:`INPUT`.
     """
+
+    scg_fast_path = True
 
     def __init__(self, replay=None, inputs=()):
         super().__init__()
@@ -350,20 +355,25 @@ class Analysis(Recorder):
             gc.enable()
         return out
 
-    def _pyro_sample(self, msg):
+    def replay_site(self, msg):
+        """Set a latent scg site to its recorded value (Pyro's path and the fast path)."""
         if msg["infer"].get("scg_role") in ("message", "env") and not msg["is_observed"]:
             if msg["name"] in self.replay:
                 msg["value"] = self.replay[msg["name"]]
                 msg["done"] = True
 
+    _pyro_sample = replay_site
+
     def _postprocess_message(self, msg):
-        infer = msg["infer"]
-        if msg["type"] == "sample" and "scg_role" not in infer:
+        if msg["type"] == "sample" and "scg_role" not in msg["infer"]:
             with _quiet(self.mode):
                 check_raw_sample(msg)
-        if msg["type"] != "sample" or "scg_role" not in infer:
-            return
-        super()._postprocess_message(msg)
+        super()._postprocess_message(msg)   # an scg site: record_site
+
+    def record_site(self, msg):
+        """Record the site and what it was computed from (Pyro's path and the fast path)."""
+        super().record_site(msg)
+        infer = msg["infer"]
         with _quiet(self.mode):
             if infer["scg_role"] in ("message", "env", "predict"):
                 with pyro.validation_enabled(False):   # bad values are the emitter's to name

@@ -24,7 +24,7 @@ from .context import expands_to, require_run, sample_site
 from .terms import canonical_params
 
 
-def asynchronous_message(name, fn, coagent, execute, init, reparam):
+def asynchronous_message(name, fn, coagent, execute, init, reparam, state=None):
     """An asynchronous unit: ``m_t = m_{t-1}`` where its execution bit ``e_t`` is 0.
 
     p(m_t | e_t, m_{t-1}) = e_t pi(m_t | x_t) + (1 - e_t) delta(m_t = m_{t-1}). The site records
@@ -42,7 +42,7 @@ def asynchronous_message(name, fn, coagent, execute, init, reparam):
     bit, source = execution_bit(name, execute, batch, where, device_of(fn), float_dtype_of(fn))
     with poutine.mask(mask=bit):
         draw = sample_site(name, fn, "message", coagent, scg_reparam=bool(reparam),
-                           scg_execute=source, scg_bit=bit)
+                           scg_execute=source, scg_bit=bit, scg_state=state)
     draw = draw if reparam else draw.detach()
     prev = initial_output(init, draw, where) if last is None else last
     if prev.shape != draw.shape:

@@ -152,16 +152,22 @@ def _fast_sample(run, name, fn, obs, infer):
     """``pyro.sample`` when the only handlers are scg's own: the same message, processed by
     what those handlers do (plates: nothing, the distribution already has their sizes; the run
     context: time, ``@t`` and the done mask; ``poutine.mask``: its mask; the recorder: the
-    site), without Pyro's generic handler-stack machinery, which costs more than a small site.
-    Any other handler (``poutine.trace``, ``condition``, a user's plate) takes the full path."""
+    site; a replaying recorder: its ``replay_site``), without Pyro's generic handler-stack
+    machinery, which costs more than a small site. Any other handler (``poutine.trace``,
+    ``condition``, a user's plate) takes the full path."""
     msg = {"type": "sample", "name": name, "fn": fn, "is_observed": obs is not None,
            "args": (), "kwargs": {}, "value": obs, "infer": infer, "mask": None,
            "done": False, "stop": False, "cond_indep_stack": ()}
+    replays = []
     for frame in reversed(_PYRO_STACK):
         if type(frame) is MaskMessenger:  # as MaskMessenger._process_message
             msg["mask"] = frame.mask if msg["mask"] is None else msg["mask"] & frame.mask
-    run._process_message(msg)
-    if obs is None:
+        elif hasattr(frame, "replay_site"):
+            replays.append(frame)
+    run._process_message(msg)   # time, name@t, done: before a replay looks the name up
+    for frame in replays:
+        frame.replay_site(msg)
+    if obs is None and not msg["done"]:
         msg["value"] = fn()
     for frame in _PYRO_STACK:
         if hasattr(frame, "record_site"):

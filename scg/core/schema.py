@@ -34,6 +34,8 @@ Keys:
   ``"bit"`` (another coagent's bit) or ``"always"``.
 - scg_execution_of (str): on an execution coagent's site, the unit it drives.
 - scg_bit (tensor): an asynchronous unit's execution bit (provenance reads its parents).
+- scg_state (tuple or None): a message's local state (its ``@scg.coagent`` unit's tensor
+  inputs, or ``state=``), detached: the input of a ``critic`` baseline.
 - scg_value_shape (tuple): a cost's value shape (a reward may be one number for the batch).
 
 **A recorded site** (:class:`scg.core.record.Site`, one per site of one run):

@@ -1,6 +1,8 @@
 """Baselines b_s for the score terms. Each returns b with the shape of the relative returns R
 (``[n_sites, *batch]``) for one site group, and never reads the site's descendants.
 
+- ``auto`` (the default): ``loo`` for a site inside ``scg.episodes(N)`` with N >= 2, else
+  ``avg``.
 - ``none``: b = 0.
 - ``avg``: a decaying average of R per site, updated after use.
 - ``loo``: leave-one-out mean of R over the ``scg.episodes`` plate (needs N >= 2); where
@@ -116,11 +118,33 @@ class Critic(Baseline):
         return self.critics[key]
 
 
-KINDS = ("none", "avg", "loo", "critic")
+class Auto(Baseline):
+    """The best unbiased baseline the batch allows, per site group: leave-one-out inside
+    ``scg.episodes(N)`` with N >= 2 (the other episodes of the same call), else the decaying
+    average (a single episode has no other episode to compare with). The default."""
+
+    def __init__(self, decay):
+        self.loo, self.avg = LeaveOneOut(), DecayingAverage(decay)
+
+    def __call__(self, group, R, sites, update):
+        ep = [p for p in group.plates if p[3] == "episodes"]
+        rule = self.loo if ep and ep[-1][2] >= 2 else self.avg
+        return rule(group, R, sites, update)
+
+    def state(self):
+        return self.avg.state()
+
+    def load_state(self, state):
+        self.avg.load_state(state)
+
+
+KINDS = ("auto", "none", "avg", "loo", "critic")
 
 
 def make(kind, decay=0.9, critic_hidden=32):
     """The baseline named ``kind`` (one of :data:`KINDS`), with its options."""
+    if kind == "auto":
+        return Auto(decay)
     if kind == "none":
         return NoBaseline()
     if kind == "avg":
@@ -133,13 +157,15 @@ def make(kind, decay=0.9, critic_hidden=32):
 
 
 def features(site):
-    """A site's local state for its critic: its distribution's canonical parameters
-    (:func:`scg.core.terms.canonical_params`, detached, flattened in name order) and t. The same
-    features whichever parameterisation the distribution was built with (``logits`` or
-    ``probs``) and whatever it has computed lazily since."""
+    """A site's local state for its critic, and t: the message's ``state`` (its
+    ``@scg.coagent`` unit's inputs, or ``state=``) where it has one, else its distribution's
+    canonical parameters (:func:`scg.core.terms.canonical_params`, detached, flattened in name
+    order; the same features whichever parameterisation built it and whatever it has computed
+    lazily since)."""
     fn, batch = site.fn, site.fn.batch_shape
+    state = site.infer.get("scg_state")
     parts = []
-    for p in canonical_params(fn).values():
+    for p in state if state else canonical_params(fn).values():
         p = p.detach()
         if not p.is_floating_point():
             p = p.to(torch.get_default_dtype())

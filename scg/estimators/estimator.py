@@ -39,7 +39,8 @@ def compile(model, **options):
 
     Options (defaults in :data:`scg.estimators.options.OPTIONS`):
         gamma: the discount, in [0, 1] (default 1).
-        baseline: ``"none"`` (default), ``"avg"`` (decaying average), ``"loo"``
+        baseline: ``"auto"`` (default: ``"loo"`` for sites inside ``scg.episodes(N)`` with
+            N >= 2, else ``"avg"``), ``"none"``, ``"avg"`` (decaying average), ``"loo"``
             (leave-one-out over ``scg.episodes``, N >= 2) or ``"critic"`` (learned).
         objective: ``"sum"`` (default) or ``"mean"`` (finite-horizon average reward); for
             ``estimator="td"``, ``"sum"`` or ``"average"`` (continuing average reward).

@@ -7,7 +7,7 @@ from .baselines import KINDS
 
 OPTIONS = {
     "gamma": 1.0,            # discount, in [0, 1]
-    "baseline": "none",      # none | avg | loo | critic
+    "baseline": "auto",      # auto (loo with >= 2 episodes, else avg) | none | avg | loo | critic
     "objective": "sum",      # sum | mean (finite-horizon average reward: (1/T) sum_t)
     "discount_score": True,  # False: seed 000's common rule without gamma^t_s (biased)
     "decay": 0.9,            # the avg baseline's decay

@@ -51,6 +51,7 @@ class Unit:
     bit: list = None
     credit: list = field(default_factory=list)
     reading: str = ""
+    episodes: int = 0   # the size of its innermost scg.episodes plate (0: none)
 
 
 @dataclass
@@ -122,11 +123,20 @@ class Derivation:
                          f"{TEXT.sym(u.name, 1, True)}, no term; asynchronous coagent theorem)")
         ret = " + ".join(self._credit(u, TEXT)) or "0 (no cost downstream: the term vanishes)"
         lines.append(f"    return G{t} = {ret}")
-        lines.append(f"    baseline {BASELINES[self.baseline][0]}: {BASELINES[self.baseline][1]}")
+        kind = self.baseline_of(u)
+        shown = "" if kind == self.baseline else f"(auto → {kind}) "
+        lines.append(f"    baseline {shown}{BASELINES[kind][0]}: {BASELINES[kind][1]}")
         if u.dist == "Bernoulli":
             lines.append(f"    in expectation over {u.name}{t}: ∇P({u.name}{t}=1 | x{t}) · "
                          f"(E[G{t} | {u.name}{t}=1] − E[G{t} | {u.name}{t}=0])")
         return lines
+
+    def baseline_of(self, unit):
+        """The baseline the unit gets: ``auto`` is leave-one-out inside ``scg.episodes(N)``
+        with N >= 2, else the decaying average (as :class:`scg.estimators.baselines.Auto`)."""
+        if self.baseline != "auto":
+            return self.baseline
+        return "loo" if unit.episodes >= 2 else "avg"
 
     def _footer(self):
         lines = [f"(γ = {self.gamma:g}; baseline {self.baseline}; Δθ is the ascent direction "
@@ -314,7 +324,7 @@ def rules(g, shared=None):
         stepped = a["times"] is not None
         if a["role"] == "message" and not a["reparam"]:
             u = Unit(n, a["dist"], _inputs(r, n), stepped, bit=_bit(r, n),
-                     credit=_credit(r, n, credit))
+                     credit=_credit(r, n, credit), episodes=_episodes(a["plates"]))
             rule(a["coagent"]).units.append(u)
             if a.get("execution_of"):
                 rule(a["coagent"]).execution_of = a["execution_of"]
@@ -410,3 +420,8 @@ def derive(model, *args, est=None, **kwargs):
     o = est.options
     return Derivation(rules(g, shared), est.gamma, o["baseline"], o["discount_score"],
                       o["estimator"], o["objective"])
+
+
+def _episodes(plates):
+    sizes = [size for _, _, size, kind in plates or () if kind == "episodes"]
+    return sizes[-1] if sizes else 0
