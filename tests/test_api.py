@@ -184,6 +184,42 @@ def test_fast_path_equals_pyro_path(name):
             a.role not in ("message", "env")
 
 
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_analysis_fast_path_equals_pyro_path(name, monkeypatch):
+    """Provenance analysis takes scg's fast path too (no Pyro handler-stack machinery for scg's
+    sites): a replayed run under it finds the same parents, masks, bits, reads and escape
+    nodes as one forced through Pyro's full path."""
+    import pyro.primitives
+
+    from scg.compiler.provenance import Analysis
+    from scg.core.record import record
+
+    model, args, opts = REGISTRY[name]()
+    calls = []
+    apply_stack = pyro.primitives.apply_stack   # what pyro.sample calls
+    monkeypatch.setattr(pyro.primitives, "apply_stack", lambda msg: calls.append(msg) or
+                        apply_stack(msg))
+
+    def full_path():   # scg sites that went through Pyro's full path since the last look
+        names = [m["name"] for m in calls if "scg_role" in m["infer"]]
+        calls.clear()
+        return names
+
+    sites, _ = record(model, args, {})
+    plain = full_path()   # a user's pyro.plate sends every site through it
+    replay = {s.name: s.value for s in sites if s.role in ("message", "env")}
+    fast = Analysis(replay, inputs=(args, {}))
+    record(model, args, {}, recorder=fast)
+    assert full_path() == plain
+    slow = Analysis(replay, inputs=(args, {}))
+    record(model, args, {}, poutine.block(hide_fn=lambda msg: False), recorder=slow)
+    assert full_path()   # the full path, this time
+    assert [s.name for s in fast.sites] == [s.name for s in slow.sites]
+    for key in ("parents", "masks", "bits", "reads"):
+        assert getattr(fast, key) == getattr(slow, key), key
+    assert fast.worlds == slow.worlds
+
+
 def test_batched_group_log_prob_equals_per_site():
     """Bernoulli/Categorical groups are scored as one distribution over stacked logits: the
     same values and gradients as one log_prob per site (masks included)."""
