@@ -9,7 +9,8 @@ the latent sites, set through :class:`~scg.core.record.Fix` (latent, not observe
 gives the exact grad J over every parameter J reaches (found by walking its autograd graph), and
 sum_tau p(tau) grad(-loss(tau)) is the estimator's expectation. Baselines are frozen. The two
 must agree to float precision. A parameter J reaches that the estimator does not train, or an
-exact gradient of zero (a comparison any estimator passes), is not OK.
+exact gradient of zero (a comparison any estimator passes), is not OK. Cost: per joint value
+one run of check's own and one of the estimator's (:func:`joint_values`), on one thread.
 
 Otherwise, finite differences: per run (its own seed and, per site, its own uniforms through
 the inverse CDF, the same for theta + eps u and theta - eps u: common random numbers) the
@@ -22,6 +23,7 @@ import itertools
 import math
 import random
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from statistics import NormalDist
 
@@ -247,29 +249,25 @@ def space_size(sites):
     return size, None
 
 
-class _Branch(Exception):
-    def __init__(self, msg):
-        super().__init__(msg["name"])
-        self.msg = msg
-
-
-def _raise(msg):
-    raise _Branch(msg)
-
-
 def joint_values(model, args):
     """Every joint value of the latent sites of ``model(*args)``, depth first, as ``(values,
     sites)``: the values set (site name -> value) and the sites of check's own recorded run
-    with them (no estimator involved). A run that reaches a latent site without a value stops
-    and branches over the site's support, element by element; a masked element has one branch."""
+    with them (no estimator involved). A run that reaches a latent site without a value
+    branches over the site's support, element by element (a masked element has one branch),
+    and goes on with the last branch; each other branch is a run of its own, from the start.
+    So every run gives one joint value (not one run per branch point as well), in the order
+    of stopping at the site and running every branch again."""
     stack = [{}]
     while stack:
         values = stack.pop()
-        try:
-            sites, _ = record(model, args, {}, Fix(values, _raise))
-        except _Branch as b:
-            stack.extend(_branches(values, b.msg))
-            continue
+
+        def branch(msg, values=values):
+            rest = _branches(values, msg)
+            stack.extend(rest[:-1])
+            values[msg["name"]] = msg["value"] = rest[-1][msg["name"]]
+            msg["done"] = True
+
+        sites, _ = record(model, args, {}, Fix(values, branch))
         yield values, sites
 
 
@@ -313,9 +311,29 @@ def trajectories(est: Estimator, args):
         yield estimator_run(est, args, values)
 
 
+@contextmanager
+def one_thread():
+    """torch on one intra-op thread inside the block (the setting is restored after). Many
+    tiny runs gain nothing from more threads, and on a machine whose cores are busy some tiny
+    ops (``binary_cross_entropy_with_logits``: Bernoulli's log-probability) wait milliseconds
+    per call for another thread: a check became several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def enumerate_check(est, args, space=0, model=None):
     """Exact enumeration: J and p(tau) from check's own runs of ``model`` (default
-    ``est.model``), the estimate from ``est``'s run of each joint value."""
+    ``est.model``), the estimate from ``est``'s run of each joint value; on one thread
+    (:func:`one_thread`)."""
+    with one_thread():
+        return _enumerate_check(est, args, space, model)
+
+
+def _enumerate_check(est, args, space, model):
     gamma, kind = float(est.options["gamma"]), est.options["objective"]
     runs = []   # (p(tau), J(tau), estimator's output, own sites)
     for values, sites in joint_values(model or est.model, args):
@@ -335,10 +353,15 @@ def enumerate_check(est, args, space=0, model=None):
     rows = [_row("total", exact, estimate)]
     floor = ZERO * rows[0].norm_exact
     shared = set(est.shared)
+    at, i = {}, 0       # where each parameter's gradient lies in ``exact``
+    for p in allp:
+        at[id(p)] = slice(i, i + p.numel())
+        i += p.numel()
     for c, ps in params.items():
         own = [p for p in ps if id(p) not in shared]
-        if own:
-            rows.append(_row(c, _grad(J, own), _grad(Ei.get(c, 0.0), own), floor))
+        if own:   # grad J on a coagent's parameters: its part of the total (one backward)
+            mine = torch.cat([exact[at[id(p)]] for p in own])
+            rows.append(_row(c, mine, _grad(Ei.get(c, 0.0), own), floor))
     dtype = allp[0].dtype if allp else torch.get_default_dtype()
     tol, atol = (1e-8, 1e-12) if dtype == torch.float64 else (1e-4, 1e-6)
     notes, problems = [], uncredited(extras, [r[3] for r in runs])
