@@ -74,23 +74,27 @@ def _tag(d, label, inputs=()):
 
 def _local_state(name, fn, state):
     """The local state of message ``name``: ``state`` (a tensor or a tuple of them) if given,
-    else the inputs of the ``@scg.coagent`` unit that built ``fn``, else None. Detached; each
-    tensor's leading dims must broadcast to the distribution's batch shape."""
-    if state is None:
-        state = getattr(fn, "_scg_state", None) or None
-    if state is None:
-        return None
-    state = (state,) if isinstance(state, torch.Tensor) else tuple(state)
+    each tensor's leading dims broadcasting to the distribution's batch shape (else an error);
+    otherwise the inputs of the ``@scg.coagent`` unit that built ``fn`` that are so aligned
+    (None if none is: the critic then reads the distribution's parameters). Detached."""
     batch = tuple(fn.batch_shape)
+    if state is None:
+        found = tuple(x.detach() for x in getattr(fn, "_scg_state", ()) if _aligned(x, batch))
+        return found or None
+    state = (state,) if isinstance(state, torch.Tensor) else tuple(state)
     for k, x in enumerate(state):
         if not isinstance(x, torch.Tensor):
             raise ScgError(f"message {name!r}: state= holds tensors, got {type(x).__name__} at "
                            f"position {k}")
-        lead = tuple(x.shape[:len(batch)])
-        if x.dim() < len(batch) or not expands_to(lead, batch):
+        if not _aligned(x, batch):
             raise ScgError(f"message {name!r}: state tensor {k} has shape {tuple(x.shape)}; its "
                            f"leading dims must broadcast to the batch shape {batch}")
     return tuple(x.detach() for x in state)
+
+
+def _aligned(x, batch):
+    """Whether tensor ``x``'s leading dims broadcast to ``batch`` (one row per batch element)."""
+    return x.dim() >= len(batch) and expands_to(tuple(x.shape[:len(batch)]), batch)
 
 
 def _check_name(name):

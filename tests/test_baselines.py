@@ -124,3 +124,21 @@ def test_state_that_does_not_match_the_batch_is_an_error_naming_the_site():
     with pytest.raises(scg.ScgError, match="message 'm': state= holds tensors"):
         scg.compile(scg.network(lambda: scg.message(
             "m", dist.Categorical(logits=th), coagent="p", state=[1.0])))()
+
+
+def test_a_units_inputs_that_are_not_per_episode_are_not_its_state():
+    """Only explicit ``state=`` must match the batch: a unit input with other leading dims
+    (here a shared table) is left out of the implicit state instead of an error."""
+    table = torch.randn(5, 3, dtype=torch.double)
+    unit = scg.coagent(lambda x, t: dist.Categorical(logits=x @ t[:2]), name="pi")
+    x = torch.randn(4, 2, dtype=torch.double)
+
+    @scg.network
+    def model():
+        with scg.episodes(4):
+            a = scg.message("a", unit(x, table))
+            scg.reward("r", a.double())
+
+    out = scg.compile(model, baseline="critic")()
+    assert len(out.sites[0].infer["scg_state"]) == 1
+    assert torch.equal(features(out.sites[0])[:, :2], x)

@@ -2,6 +2,8 @@
 allow-list that decides what is an escape. Oracles: exact enumeration in plain torch, or the
 graph a run must have."""
 
+import os
+
 import pyro.distributions as dist
 import pytest
 import torch
@@ -387,3 +389,14 @@ def test_scg_own_checks_inside_its_subpackages_are_not_escapes():
     est = scg.compile(model)
     est()
     assert not est.dynamic
+
+
+def test_the_zoos_models_are_model_code_even_when_installed_inside_scg():
+    """A regular install puts the zoo at site-packages/scg/models: escapes there (CartPole's
+    environment loop) are the model's, not scg's own bookkeeping."""
+    from scg.compiler import provenance
+
+    root = provenance._SCG
+    assert provenance.scg_code(os.path.join(root, "core", "asynchrony.py"))
+    assert not provenance.scg_code(os.path.join(root, "models", "reinforce.py"))
+    assert not provenance.scg_code(os.path.join(os.path.dirname(root), "models", "x.py"))

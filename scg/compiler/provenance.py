@@ -129,6 +129,14 @@ def _validating():
 
 
 _SCG = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the scg package
+_ZOO = os.path.join(_SCG, "models")   # where a regular install puts the zoo: model code
+
+
+def scg_code(path):
+    """Whether source file ``path`` is scg's own code: inside the scg package, but not the
+    zoo's models (installed as ``scg.models`` inside it by a regular install), which are
+    models like any user's and whose escapes count."""
+    return path.startswith(_SCG + os.sep) and not path.startswith(_ZOO + os.sep)
 _LIBRARIES = (os.path.dirname(os.path.abspath(torch.__file__)),
               os.path.dirname(os.path.abspath(pyro.__file__)))
 
@@ -147,7 +155,7 @@ def _by_scg():
         if path == _VALIDATION:
             return True
         if not path.startswith(_LIBRARIES) and path != __file__:
-            return path.startswith(_SCG + os.sep)
+            return scg_code(path)
         frame = frame.f_back
     return False
 
