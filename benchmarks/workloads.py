@@ -237,7 +237,8 @@ class OnlineWalk:
         self.step(loss)
 
     def hand_iteration(self):
-        S, B, theta, V = self.S, self.B, self.theta, self.V
+        """The tabular score in closed form: no autograd."""
+        S, theta, V = self.S, self.theta, self.V
         s = self.hs
         with torch.no_grad():
             v = V[s]
@@ -245,6 +246,25 @@ class OnlineWalk:
             a = torch.distributions.Categorical(logits=theta[s]).sample()
             cell = one_hot(s, S).to(v.dtype)                                  # [B, S]
             g_theta = cell[:, :, None] * (one_hot(a, 2).to(v.dtype) - pi)[:, None, :]
+        self.hs = self.hand_update(s, a, v, g_theta, cell)
+
+    def autograd_iteration(self):
+        """The same update with per-episode gradients from autograd, as one would write it for
+        a neural policy and critic: one batched backward pass of log pi(a|s) + V(s) per step."""
+        theta, V = self.theta, self.V
+        s = self.hs
+        v = V[s]
+        d = torch.distributions.Categorical(logits=theta[s])
+        a = d.sample()
+        g_theta, g_V = torch.autograd.grad(d.log_prob(a) + v, [theta, V],
+                                           grad_outputs=torch.eye(self.B),
+                                           is_grads_batched=True)
+        self.hs = self.hand_update(s, a, v.detach(), g_theta, g_V)
+
+    def hand_update(self, s, a, v, g_theta, g_V):
+        """Settle the pending TD error, update the traces, step; the walks' next cells."""
+        B, theta, V = self.B, self.theta, self.V
+        with torch.no_grad():
             u_theta, u_V = torch.zeros_like(theta), torch.zeros_like(V)
             if self.pending is not None:                 # settle the last step with V(s_t)
                 r, v_prev = self.pending
@@ -253,9 +273,9 @@ class OnlineWalk:
                 u_V += delta @ self.zw / B
             decay = self.gamma * self.lam
             self.z = g_theta if self.z is None else decay * self.z + g_theta
-            self.zw = cell if self.zw is None else decay * self.zw + cell
-            s2 = (s + 2 * a - 1).clamp(0, S - 1)
-            arrived = s2 == S - 1
+            self.zw = g_V if self.zw is None else decay * self.zw + g_V
+            s2 = (s + 2 * a - 1).clamp(0, self.S - 1)
+            arrived = s2 == self.S - 1
             r = arrived.to(v.dtype)
             end = torch.where(arrived, r - v, torch.zeros_like(v))   # V = 0 after the goal
             u_theta += torch.einsum("b,bsa->sa", end, self.z) / B
@@ -265,7 +285,7 @@ class OnlineWalk:
             self.pending = (r * keep, v * keep)   # ended walks restart: nothing pending
         theta.grad, V.grad = -u_theta, -u_V
         self.opt.step()
-        self.hs = torch.where(arrived, torch.zeros_like(s2), s2)
+        return torch.where(arrived, torch.zeros_like(s2), s2)
 
     def step(self, loss):
         self.opt.zero_grad()

@@ -11,6 +11,8 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro.poutine.broadcast_messenger import BroadcastMessenger
+from pyro.poutine.indep_messenger import IndepMessenger
+from pyro.poutine.runtime import _PYRO_STACK
 from pyro.poutine.subsample_messenger import SubsampleMessenger
 
 from .core.asynchrony import asynchronous_message
@@ -18,6 +20,7 @@ from .core.context import (
     RunContext,
     active_plates,
     expands_to,
+    fast_path_frame,
     has_plate_sizes,
     plate_shape,
     require_run,
@@ -163,9 +166,15 @@ def predict(name, fn, obs=None, coagent=None, weight=1.0):
     return obs
 
 
+def as_tensor(x):
+    """``x`` as a tensor; a tensor stays where it is (``torch.as_tensor`` would copy it to the
+    default device when one is set)."""
+    return x if isinstance(x, torch.Tensor) else torch.as_tensor(x)
+
+
 def _value_site(name, value, role, coagent=None):
     _check_name(name)
-    value = torch.as_tensor(value)
+    value = as_tensor(value)
     if not value.is_floating_point():
         value = value.to(torch.get_default_dtype())
     shape = plate_shape(active_plates())
@@ -201,7 +210,7 @@ def value(name, v):
     Not a cost and never a baseline: the TD estimator uses it in its TD errors and trains it by
     semi-gradient TD(lambda); the Monte Carlo estimator ignores it.
     """
-    v = torch.as_tensor(v)
+    v = as_tensor(v)
     if not v.is_floating_point():
         raise ScgError(f"value {name!r} must be a floating tensor, got {v.dtype}")
     return _value_site(name, v, "value")
@@ -224,7 +233,7 @@ def done(mask):
     and no cost that counts can read a masked site (a cost reads only values made before it).
     """
     run = require_run("scg.done")
-    mask = torch.as_tensor(mask)
+    mask = as_tensor(mask)
     if mask.dtype != torch.bool:
         raise ScgError(f"scg.done needs a bool mask (True = finished), got {mask.dtype}")
     episodes = [p for p in active_plates() if p[3] == "episodes"]
@@ -240,7 +249,25 @@ def done(mask):
 class _plate(pyro.plate):
     """``pyro.plate`` that skips Pyro's broadcast when a site's distribution already has every
     enclosing plate's size at that plate's dim: the broadcast would be ``dist.expand`` to the
-    same batch shape, a no-op that costs more than the rest of a small site."""
+    same batch shape, a no-op that costs more than the rest of a small site.
+
+    scg's plates never subsample. Under scg's own handlers only (the fast path of
+    :func:`scg.core.context.sample_site`) they also skip the subsample site Pyro sends through
+    the handler stack on every plate, whose value (``arange(size)``, what ``with plate as i``
+    gives) no scg handler reads; under any other handler it is sent as Pyro does."""
+
+    def __init__(self, name, size, dim=None):
+        if all(fast_path_frame(f) for f in _PYRO_STACK):
+            IndepMessenger.__init__(self, name, size, dim)
+            self.subsample_size = size
+        else:
+            super().__init__(name, size, dim=dim)
+
+    def __enter__(self):
+        super().__enter__()
+        if self._vectorized and self._indices is None:
+            self._indices = torch.arange(self.size)
+        return self._indices if self._vectorized else None
 
     def _process_message(self, msg):
         SubsampleMessenger._process_message(self, msg)

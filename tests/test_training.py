@@ -196,3 +196,59 @@ def test_callback_sees_the_run_and_adds_metrics(tmp_path):
     assert all("reward_a" in r for r in t.history)
     assert [r["reward_a"] for r in read_csv(tmp_path / "metrics.csv")] == \
         pytest.approx([r["reward_a"] for r in t.history])
+
+
+@pytest.mark.parametrize("baseline", ["loo", "critic"])
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_per_coagent_one_backward_pass_equals_one_per_local_loss(name, baseline):
+    """per_coagent=True takes one backward pass of the total loss: the gradients equal those of
+    one pass per local loss on its own coagent's parameters (shared ones included)."""
+    model, args, opts = fresh(name)
+    t = scg.Trainer(model, args, progress=False, per_coagent=True,
+                    **{**opts, "baseline": baseline})
+    t._setup(1)
+    torch.manual_seed(4)
+    out = t.est(*t._args(0))
+    params = [p for ps, _, _ in t.groups.values() for p in ps]
+    coagents = set(t.est.coagents)   # one pass per local loss, on its coagent's parameters
+    for c, loss in out.local.items():
+        ps = list(t.est.parameters(c)) if c in coagents else \
+            t.groups.get(c, ([],))[0] if c == "critic" else []
+        ps = [p for p in ps if p.requires_grad]
+        if ps and loss.requires_grad:
+            torch.autograd.backward(loss, inputs=ps, retain_graph=True)
+    each = [None if p.grad is None else p.grad.clone() for p in params]
+    t._backward(out)         # zeroes the gradients first
+    one = [None if p.grad is None else p.grad.clone() for p in params]
+    assert any(g is not None for g in one)
+    for a, b in zip(one, each):
+        assert (a is None and b is None) or torch.allclose(
+            torch.zeros(()) if a is None else a, torch.zeros(()) if b is None else b,
+            rtol=1e-12, atol=1e-15)
+
+
+def test_per_coagent_one_backward_pass_with_a_reparameterised_message_between_coagents():
+    """A's reparameterised message feeds B's policy and a cost labelled B: B's local loss has a
+    gradient on A's parameters, so they are in both coagents' theta (shared) and get the sum."""
+    wa = torch.nn.Parameter(torch.tensor([0.3, -0.2]))
+    wb = torch.nn.Parameter(torch.tensor([0.5]))
+
+    @scg.network
+    def net(n):
+        with scg.episodes(n):
+            m = scg.message("m", pyro.distributions.Normal(wa[0].expand(n), wa[1].exp()),
+                            coagent="a", reparam=True)
+            b = scg.message("b", pyro.distributions.Bernoulli(logits=wb * m), coagent="b")
+            scg.cost("c", -(m - b) ** 2, coagent="b")
+            scg.reward("r", b)
+
+    t = scg.Trainer(net, (6,), progress=False, per_coagent=True, baseline="loo")
+    t._setup(1)
+    out = t.est(6)
+    assert id(wa) in t.est.coagent_parameters.shared
+    for c in ("a", "b"):
+        torch.autograd.backward(out.local[c], inputs=list(t.est.parameters(c)),
+                                retain_graph=True)
+    each = [wa.grad.clone(), wb.grad.clone()]
+    t._backward(out)
+    assert torch.allclose(wa.grad, each[0], atol=1e-15) and torch.allclose(wb.grad, each[1])

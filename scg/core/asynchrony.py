@@ -119,15 +119,20 @@ def execution_bit(name, execute, batch, where, device=None, dtype=None):
     if not execute.is_floating_point():
         raise ScgError(f"{where}: execute= has dtype {execute.dtype}; pass a probability "
                        "(float tensor) or an execution bit (bool tensor, e.g. term == 1)")
+    if execute.device.type == "cpu":   # elsewhere the check would wait for the device: the
+        _check_probability(execute, where)   # Bernoulli's own validation (if on) does it
+    exec_name = f"{name}.exec"
+    e = sample_site(exec_name, dist.Bernoulli(probs=execute.expand(batch)), "message", exec_name,
+                    scg_execution_of=name)
+    return e.detach().bool(), exec_name
+
+
+def _check_probability(execute, where):
     with torch.no_grad():
         bad = ~torch.isfinite(execute) | (execute < 0) | (execute > 1)
     if bad.any():
         raise ScgError(f"{where}: execution probability must be finite and in [0, 1], got "
                        f"{execute[bad].flatten()[0].item()}")
-    exec_name = f"{name}.exec"
-    e = sample_site(exec_name, dist.Bernoulli(probs=execute.expand(batch)), "message", exec_name,
-                    scg_execution_of=name)
-    return e.detach().bool(), exec_name
 
 
 def initial_output(init, draw, where):

@@ -176,8 +176,9 @@ def _fast_sample(run, name, fn, obs, infer):
 
 
 def expands_to(shape, target):
-    """Whether a tensor of ``shape`` broadcasts to exactly ``target`` (no new batch dims)."""
-    try:
-        return torch.broadcast_shapes(shape, target) == target
-    except RuntimeError:
+    """Whether a tensor of ``shape`` broadcasts to exactly ``target`` (no new batch dims).
+    Plain Python: ``torch.broadcast_shapes`` goes through torch's reference implementation
+    (symbolic shapes), which costs more than a small site."""
+    if len(shape) > len(target):
         return False
+    return all(a == 1 or a == b for a, b in zip(reversed(shape), reversed(target)))

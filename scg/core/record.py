@@ -81,14 +81,18 @@ class Fix(Messenger):
 
     Unlike ``poutine.condition`` the sites stay latent, so their score terms remain. A latent
     site missing from ``values`` calls ``missing(msg)`` (which may raise to stop the run).
+    Under scg's own handlers only, sites take the fast path (:func:`scg.core.context.
+    sample_site`), which calls :meth:`replay_site` as Pyro calls ``_pyro_sample``.
     """
+
+    scg_fast_path = True
 
     def __init__(self, values, missing=None):
         super().__init__()
         self.values = values
         self.missing = missing
 
-    def _pyro_sample(self, msg):
+    def replay_site(self, msg):
         if msg["infer"].get("scg_role") not in ("message", "env") or msg["is_observed"]:
             return
         if msg["name"] in self.values:
@@ -96,6 +100,8 @@ class Fix(Messenger):
             msg["done"] = True
         elif self.missing is not None:
             self.missing(msg)
+
+    _pyro_sample = replay_site
 
 
 def record(model, args, kwargs, *handlers, recorder=None):

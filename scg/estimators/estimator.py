@@ -245,11 +245,14 @@ class Estimator(torch.nn.Module):
             if s.role in ("message", "env"):
                 s.check_unchanged()
         if self.td is not None:
-            u, ret = self.td.window(sites, self.coagent_parameters.of(),
-                                    self.coagent_parameters.critic())
+            params = self.coagent_parameters
+            critic = params.critic()
+            u, ret = self.td.window(sites, params.of(), critic,
+                                    separable=len(critic) == len(params.values))
             out = online.surrogate(u, ret, self.coagent_parameters, plan.coagents, self.td.rho)
         else:
-            out = monte_carlo.emit(sites, plan, self.baseline, update=update)
+            out = monte_carlo.emit(sites, plan, self.baseline, update=update,
+                                   verify=self.verify)
         out.value, out.sites = value, sites
         return out
 

@@ -18,38 +18,67 @@ from ..core.terms import common_float, cost, group_log_prob
 from ..errors import ScgError
 
 
+class Stats(dict):
+    """An Output's numbers for logs. Tensors among them become Python numbers when first read,
+    so a training step that never reads them never waits for the device."""
+
+    def __getitem__(self, key):
+        v = super().__getitem__(key)
+        if isinstance(v, torch.Tensor):
+            v = v.item()
+            super().__setitem__(key, v)
+        return v
+
+    def get(self, key, default=None):
+        return self[key] if key in self else default
+
+    def items(self):
+        return [(k, self[k]) for k in self]
+
+    def values(self):
+        return [self[k] for k in self]
+
+    def __repr__(self):
+        return repr(dict(self.items()))
+
+
 @dataclass
 class Output:
     """One sampled run: ``loss`` (backward it), ``local`` (one surrogate per coagent, summing
     exactly to ``loss``), ``objective`` (the estimate of J, with its pathwise gradient) and
-    ``stats`` (plain numbers for logs)."""
+    ``stats`` (numbers for logs, :class:`Stats`)."""
 
     loss: torch.Tensor
     local: dict
     objective: torch.Tensor
-    stats: dict = field(default_factory=dict)
+    stats: dict = field(default_factory=Stats)
     value: object = None
     sites: list = field(default_factory=list)
 
 
-def emit(sites, plan, baseline, update=True):
+def emit(sites, plan, baseline, update=True, verify=False):
     """The :class:`Output` of one recorded run under ``plan``, with ``baseline`` (a
-    :class:`scg.estimators.baselines.Baseline`; ``update``: let it learn from this run)."""
+    :class:`scg.estimators.baselines.Baseline`; ``update``: let it learn from this run).
+
+    A NaN or infinite cost is an error naming it: checked on the CPU always, on an accelerator
+    only under ``verify`` (the check waits for the device; ``scg.Trainer`` still refuses a
+    non-finite loss before stepping)."""
     if not plan.costs:
         raise ScgError("the network emitted no reward, cost or predictor: nothing to optimise")
     ref = common_float(sites)   # the run's float dtype and device; costs are cast to it
     tensors = plan.on(ref.device, ref.dtype)
     C = [torch.stack([cost(sites[i], ref) for i in g.index]) for g in plan.costs]
-    for g, c in zip(plan.costs, C):
-        _check_finite(g, c, sites)
     per_cost = [c.reshape(c.shape[0], -1).sum(1) * k for c, k in zip(C, tensors["coef"])]
     objective = sum(v.sum() for v in per_cost)
+    if (verify or ref.device.type == "cpu") and not torch.isfinite(objective):
+        for g, c in zip(plan.costs, C):   # one fused check; the culprit only on failure
+            _check_finite(g, c, sites)
     owned, unowned = _pathwise(per_cost, tensors, objective.new_zeros(len(plan.coagents)))
     score, critic = _score(sites, plan, tensors, C, baseline, update, owned)
     local_terms = score if critic is None else score - critic
     loss = -(local_terms.sum() + unowned)
     neg = -(local_terms + unowned / max(len(plan.coagents), 1))
-    stats = {"return": objective.item(), "sites": len(sites)}
+    stats = Stats({"return": objective.detach(), "sites": len(sites)})
     return Output(loss, dict(zip(plan.coagents, neg.unbind())), objective, stats)
 
 

@@ -38,7 +38,7 @@ import torch
 
 from ..core.terms import cost, log_prob, masked
 from ..errors import ScgError
-from .monte_carlo import Output
+from .monte_carlo import Output, Stats
 
 
 class TD:
@@ -122,18 +122,18 @@ class TD:
         self.t0, self.rho = move(state["t0"]), float(state["rho"])
 
     # ---- one window -------------------------------------------------------------------
-    def window(self, sites, actor, critic):
-        """The update u (per parameter) of one recorded window, and its discounted return."""
-        steps = sorted({s.time for s in sites})
+    def window(self, sites, actor, critic, separable=False):
+        """The update u (per parameter) of one recorded window, and its discounted return (a
+        0-dim tensor: no host synchronisation per step). ``separable``: the value sites read
+        no actor parameter (then one backward pass of ``log p + V`` gives both gradients)."""
         N = _episodes(sites)
         like = (actor + critic)[0] if actor + critic else torch.zeros(())
         u = {id(p): torch.zeros_like(p) for p in actor + critic}
         if self.t0 is not None and self.t0.shape[0] != N:
             raise ScgError(f"the episodes plate changed size from {self.t0.shape[0]} to {N} "
                            "between windows; call finish() first")
-        ret = 0.0
-        for t in steps:
-            at = [s for s in sites if s.time == t]
+        ret = like.new_zeros(())
+        for at in _by_step(sites):
             r, pathwise = _step_reward(at, N, like)
             v = _step_value(at, N, like)
             if self.pending is not None:
@@ -141,13 +141,13 @@ class TD:
             if self.t0 is None:
                 self.t0 = torch.zeros(N, dtype=torch.long, device=like.device)
             I_t = self._discount(like)
-            self._accumulate(at, actor, critic, v, I_t, N, like)
+            self._accumulate(at, actor, critic, v, I_t, N, like, separable)
             if pathwise is not None:
                 for p, g in zip(actor, _grad(pathwise, actor, weights=I_t)):
                     u[id(p)] += g
             self.pending = (r.detach(), v.detach(), torch.ones(N, dtype=torch.bool,
                                                                 device=r.device))
-            ret += (self.gamma ** self.t0.to(r.dtype) * r.detach()).mean().item()
+            ret = ret + (self.gamma ** self.t0.to(r.dtype) * r.detach()).mean()
             self.t0 = self.t0 + 1
         return u, ret
 
@@ -192,9 +192,9 @@ class TD:
         r, v, _ = self.pending
         delta = r + (v_next if self.average else self.gamma * v_next) - v
         delta = torch.where(which, delta, torch.zeros_like(delta))
-        if self.average and bool(which.any()):
+        if self.average:   # rho moves by the mean of the settled episodes' delta (a tensor)
             delta = delta - self.rho * which.to(delta.dtype)
-            self.rho += self.rate * (delta.sum() / which.sum()).item()
+            self.rho = self.rho + self.rate * delta.sum() / which.sum().clamp(min=1)
         N = delta.shape[0]
         for p in actor + critic:
             z = self.z.get(id(p), self.zw.get(id(p)))
@@ -202,14 +202,18 @@ class TD:
                 u[id(p)] += torch.tensordot(delta.to(z.dtype), z, dims=1) / N
         self.pending = None
 
-    def _accumulate(self, at, actor, critic, v, I_t, N, like):
-        lp = sum((_score(s, N) for s in at if _scored(s)), like.new_zeros(N))
+    def _accumulate(self, at, actor, critic, v, I_t, N, like, separable):
+        """z_t = gamma lambda z_{t-1} + I_t grad log p(s_t) and z^w_t likewise with grad V(s_t),
+        per episode: both from one batched backward pass."""
+        lp = _total((_score(s, N) for s in at if _scored(s)), N, like)
+        g_actor, g_critic = _per_episode_grads(lp, actor, v, critic, separable)
         decay = self.gamma * self.lam
         if self.z is None:
             self.z, self.zw = {}, {}
         # keyed by parameter: one that first appears in a later window starts from zero
-        for traces, params, y, w in ((self.z, actor, lp, I_t), (self.zw, critic, v, None)):
-            for p, g in zip(params, _per_episode_grads(y, params)):
+        for traces, params, grads, w in ((self.z, actor, g_actor, I_t),
+                                         (self.zw, critic, g_critic, None)):
+            for p, g in zip(params, grads):
                 z = traces.get(id(p))
                 g = g if w is None else _rows(w, g) * g
                 traces[id(p)] = g if z is None else decay * z + g
@@ -221,24 +225,64 @@ def _rows(x, like):
     return x.to(like.dtype).reshape((-1,) + (1,) * (like.dim() - 1))
 
 
-def _per_episode_grads(y, params):
-    """d y[n] / d p for every episode n: one ``[N, *p.shape]`` per parameter.
+def _per_episode_grads(lp, actor, v, critic, separable):
+    """d lp[n] / d theta and d v[n] / d w for every episode n: one ``[N, *p.shape]`` per
+    parameter of ``actor`` and of ``critic``.
 
-    One vectorised backward pass (``is_grads_batched``); where an operation of the model has no
-    batching rule, one backward pass per episode instead (same numbers)."""
-    N = y.shape[0]
-    if not params:
-        return []
-    if not y.requires_grad:
-        return [p.new_zeros((N,) + p.shape) for p in params]
+    One vectorised backward pass (``is_grads_batched``) for both: of ``lp + v`` when
+    ``separable`` (V reads no actor parameter and log p no critic parameter, the usual case:
+    then each parameter's gradient of the sum is its own part's), else of the pair with stacked
+    one-hot cotangents ``[2N]``. Where an operation of the model has
+    no batching rule, one backward pass per episode and part instead (same numbers)."""
+    N = lp.shape[0]
+    wanted = [(y, ps) for y, ps in ((lp, actor), (v, critic)) if ps and y.requires_grad]
+    if not wanted:
+        return ([p.new_zeros((N,) + p.shape) for p in actor],
+                [p.new_zeros((N,) + p.shape) for p in critic])
+    eye = torch.eye(N, dtype=lp.dtype, device=lp.device)
     try:
-        gs = torch.autograd.grad(y, params, grad_outputs=torch.eye(N, dtype=y.dtype,
-                                                                   device=y.device),
-                                 retain_graph=True, allow_unused=True, is_grads_batched=True)
+        if len(wanted) == 1:     # one part has no gradient: the other's alone
+            y, ps = wanted[0]
+            gs = torch.autograd.grad(y, ps, grad_outputs=eye, retain_graph=True,
+                                     allow_unused=True, is_grads_batched=True)
+            none = [None] * len(actor if ps is critic else critic)
+            ga, gc = (gs, none) if ps is actor else (none, gs)
+        elif separable:
+            gs = torch.autograd.grad(lp + v, actor + critic, grad_outputs=eye,
+                                     retain_graph=True, allow_unused=True,
+                                     is_grads_batched=True)
+            ga, gc = gs[:len(actor)], gs[len(actor):]
+        else:
+            zero = torch.zeros_like(eye)
+            gs = torch.autograd.grad((lp, v), actor + critic, retain_graph=True,
+                                     allow_unused=True, is_grads_batched=True,
+                                     grad_outputs=(torch.cat([eye, zero]),
+                                                   torch.cat([zero, eye])))
+            ga = [g if g is None else g[:N] for g in gs[:len(actor)]]
+            gc = [g if g is None else g[N:] for g in gs[len(actor):]]
     except RuntimeError:
-        rows = [_grad(y[n], params, retain=True) for n in range(N)]
-        return [torch.stack(g) for g in zip(*rows)]
-    return [g if g is not None else p.new_zeros((N,) + p.shape) for g, p in zip(gs, params)]
+        ga = _looped(lp, actor)
+        gc = _looped(v, critic)
+
+    def filled(gs, ps):
+        return [g if g is not None else p.new_zeros((N,) + p.shape) for g, p in zip(gs, ps)]
+    return filled(ga, actor), filled(gc, critic)
+
+
+def _looped(y, params):
+    """d y[n] / d p, one backward pass per episode."""
+    if not params or not y.requires_grad:
+        return [None] * len(params)
+    rows = [_grad(y[n], params, retain=True) for n in range(y.shape[0])]
+    return [torch.stack(g) for g in zip(*rows)]
+
+
+def _by_step(sites):
+    """The window's sites grouped by step, in step order."""
+    steps = {}
+    for s in sites:
+        steps.setdefault(s.time, []).append(s)
+    return [steps[t] for t in sorted(steps)]
 
 
 def _episodes(sites):
@@ -257,7 +301,15 @@ def _per_episode(x, site, N):
         return x.sum().expand(N)
     d = dims[-1]
     x = x.movedim(d, 0) if x.dim() >= -d else x.expand((N,) + x.shape)
-    return x.reshape(N, -1).sum(1)
+    return x if x.dim() == 1 else x.reshape(N, -1).sum(1)   # no op in the graph if [N]
+
+
+def _total(xs, N, like):
+    """The sum of per-episode tensors ``[N]`` (zeros if none), with no extra op for one."""
+    xs = list(xs)
+    if not xs:
+        return like.new_zeros(N)
+    return xs[0] if len(xs) == 1 else torch.stack(xs).sum(0)
 
 
 def _scored(site):
@@ -311,19 +363,19 @@ def surrogate(u, ret, params, coagents, rho):
     ``params``: the estimator's :class:`~scg.estimators.parameters.CoagentParameters` (a
     shared parameter's update goes to its first owner; the online critic's to ``"critic"``);
     ``coagents``: every coagent of the run, each given a local loss."""
-    first = {}
-    for c in sorted(params.by_coagent):
-        for k in params.by_coagent[c]:
-            first.setdefault(k, c)
+    first = params.owner()
     ref = next(iter(u.values())) if u else torch.zeros(())
-    local = {}
+    terms = {}
     for p in params.of() + params.critic():
-        term = -(u[id(p)].detach() * p).sum()
-        owner = first.get(id(p), "critic")
-        local[owner] = local.get(owner, ref.new_zeros(())) + term - term.detach()
+        terms.setdefault(first.get(id(p), "critic"), []).append(-(u[id(p)].detach() * p).sum())
+    local = {}
+    for owner, ts in terms.items():
+        term = ts[0] if len(ts) == 1 else torch.stack(ts).sum()
+        local[owner] = term - term.detach()
     for c in coagents:
         local.setdefault(c, ref.new_zeros(()))
     for c in local:  # the value, minus the return, shared evenly (as in the Monte Carlo emit)
         local[c] = local[c] - ret / len(local)
     loss = sum(local.values(), ref.new_zeros(()))
-    return Output(loss, local, ref.new_tensor(ret), {"return": ret, "rho": rho})
+    ret = torch.as_tensor(ret, dtype=ref.dtype, device=ref.device)
+    return Output(loss, local, ret, Stats({"return": ret, "rho": rho}))

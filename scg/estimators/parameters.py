@@ -13,6 +13,7 @@ class CoagentParameters:
         self.by_coagent = {}   # coagent -> {id(p): p}, in discovery order
         self.values = {}       # {id(p): p} reached from scg.value sites
         self.shared = {}       # id(p) -> [coagents] for a parameter of more than one
+        self.memo = {}         # of(), critic(), owner(): derived, dropped by add()
 
     def add(self, owners):
         """Merge what one run reached (:class:`scg.compiler.owners.Owners`)."""
@@ -24,12 +25,33 @@ class CoagentParameters:
             for k in ps:
                 ids.setdefault(k, []).append(c)
         self.shared = {k: cs for k, cs in ids.items() if len(cs) > 1}
+        self.memo = {}
+
+    def remembered(self, key, compute):
+        """``compute()``, kept until the next :meth:`add` (runs call these per window)."""
+        if key not in self.memo:
+            self.memo[key] = compute()
+        return self.memo[key]
+
+    def owner(self):
+        """id(p) -> the first coagent (by name) that reaches p; the online critic's
+        parameters are not in it."""
+        def first():
+            out = {}
+            for c in sorted(self.by_coagent):
+                for k in self.by_coagent[c]:
+                    out.setdefault(k, c)
+            return out
+        return self.remembered("owner", first)
 
     def coagents(self):
         return sorted(self.by_coagent)
 
     def of(self, coagent=None):
         """The parameters of one coagent (every coagent's, each once, if None)."""
+        return list(self.remembered(("of", coagent), lambda: self._of(coagent)))
+
+    def _of(self, coagent):
         seen, out = set(), []
         for c, ps in self.by_coagent.items():
             if coagent is None or c == coagent:
@@ -37,9 +59,12 @@ class CoagentParameters:
         return out
 
     def critic(self):
-        """The ``scg.value`` sites' parameters that no coagent's sites reach."""
-        owned = {k for ps in self.by_coagent.values() for k in ps}
-        return [p for k, p in self.values.items() if k not in owned]
+        """The ``scg.value`` sites' parameters that no coagent's sites reach (all of
+        ``values`` unless a value site reads a coagent's parameters)."""
+        def unowned():
+            owned = {k for ps in self.by_coagent.values() for k in ps}
+            return [p for k, p in self.values.items() if k not in owned]
+        return list(self.remembered("critic", unowned))
 
     def names(self):
         """``COAGENT.k`` for the k-th parameter of each coagent (a shared one under its first)."""
@@ -56,3 +81,4 @@ class CoagentParameters:
                            for c, ps in state["by_coagent"].items()}
         self.values = {id(p): p for p in state["values"].values()}
         self.shared = {moved.get(k, k): cs for k, cs in state["shared"].items()}
+        self.memo = {}

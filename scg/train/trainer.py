@@ -152,8 +152,12 @@ class Trainer:
         return row
 
     def _check_finite(self, out):
-        """Raise before any step if the total or a local loss is not finite."""
-        for c, loss in [("total", out.loss)] + sorted(out.local.items()):
+        """Raise before any step if the total or a local loss is not finite (one check, one
+        wait for the device; the culprit is looked for only on failure)."""
+        losses = [("total", out.loss)] + sorted(out.local.items())
+        if bool(torch.isfinite(torch.stack([x.detach().reshape(()) for _, x in losses])).all()):
+            return
+        for c, loss in losses:
             if not torch.isfinite(loss).all():
                 kept = "the last checkpoint and the parameters are as before this update" \
                     if not self.est.online else "the parameters are as before this update; " \
@@ -163,20 +167,17 @@ class Trainer:
                                f"{loss.item()}; no step taken ({kept})")
 
     def _backward(self, out):
-        """The gradients of this update: of the total loss, or (``per_coagent``) of each local
-        loss on its own coagent's parameters (the ``critic`` loss on the critic's)."""
+        """The gradients of this update: one backward pass of the total loss.
+
+        With ``per_coagent`` each coagent steps on its local loss, and the gradient of the total
+        is that gradient on each coagent's parameters: a parameter is in theta_c exactly when
+        autograd reaches it from coagent c's terms (:mod:`scg.compiler.owners`, through
+        reparameterised messages and labelled costs), so the other local losses have none on
+        it, and a shared parameter gets the sum over the coagents reaching it either way
+        (tests/test_training.py compares with one pass per local loss)."""
         for _, opt, _ in self.groups.values():
             opt.zero_grad(set_to_none=True)
-        if self.per_coagent:
-            coagents = set(self.est.coagents)
-            for c, loss in out.local.items():
-                ps = list(self.est.parameters(c)) if c in coagents else \
-                    self.groups.get(c, ([],))[0] if c == "critic" else []
-                ps = [p for p in ps if p.requires_grad]
-                if ps and loss.requires_grad:
-                    torch.autograd.backward(loss, inputs=ps, retain_graph=True)
-        else:
-            out.loss.backward()
+        out.loss.backward()
 
     def _clip(self):
         """Clip the norm of the gradient over every group's parameters to ``max_grad_norm``."""
