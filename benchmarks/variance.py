@@ -456,5 +456,33 @@ def print_tables(results):
               f"element: critic {fit['critic_residual']:.4g}, loo {fit['loo_residual']:.4g})")
 
 
+def markdown(results):
+    """The tables of :func:`run`'s results as Markdown lines (for docs/performance.md)."""
+    lines = []
+    for nets in results["random_networks"]:
+        lines += ["", f"Random coagent networks, rewards {REWARD_TEXT[nets['rewards']]}: "
+                  "gradient MSE as a ratio to plain REINFORCE's (geometric mean over "
+                  "networks, its 95% interval, and the range over networks).", "",
+                  "| estimator | MSE / REINFORCE | 95% | networks |", "|---|---:|---:|---:|"]
+        lines += [f"| {_cell(r['estimator'])} | {r['ratio']:.3f} | {r['ratio_lo']:.3f}-"
+                  f"{r['ratio_hi']:.3f} | {r['ratio_min']:.3f}-{r['ratio_max']:.3f} |"
+                  for r in nets["rows"]]
+    lines += ["", results["random_networks"][0]["setup"]]
+    for case in results["gridworlds"]["cases"]:
+        lines += ["", f"{case['case']}: {case['episodes']} episodes per estimate, "
+                  f"{case['repeats']} estimates, MSE against the "
+                  f"{'exact gradient' if case['against'] == 'exact' else 'reference gradient'}.",
+                  "", "| estimator | MSE | / REINFORCE | / leave-one-out |",
+                  "|---|---:|---:|---:|"]
+        lines += [f"| {_cell(r['estimator'])} | {r['mse']:.4g} | {r['vs_reinforce']:.3f} | "
+                  f"{r['vs_loo']:.3f} |" for r in case["rows"]]
+    lines += ["", results["gridworlds"]["setup"]]
+    return lines
+
+
+def _cell(text):
+    return text.replace("|", "\\|")   # a Markdown table cell
+
+
 if __name__ == "__main__":
     main()

@@ -48,18 +48,17 @@ class Gridworld:
         self.cells, self.start, self.goal = n, 0, n - 1
 
     # ---- the network ---------------------------------------------------------------------
-    def units(self, dtype=torch.float64):
-        """Tabular parameters of the three coagents and the shared critic (zeros: uniform)."""
-        return torch.nn.ParameterDict({
-            "u1": torch.nn.Parameter(torch.zeros(self.cells, dtype=dtype)),
-            "u2": torch.nn.Parameter(torch.zeros(self.cells, dtype=dtype)),
-            "pi": torch.nn.Parameter(torch.zeros(2, 2, 4, dtype=dtype)),
-            "V": torch.nn.Parameter(torch.zeros(self.cells, dtype=dtype)),
-        })
+    def units(self, dtype=torch.float64, device=None):
+        """Tabular parameters of the three coagents and the shared critic (zeros: uniform).
+        The networks run on the parameters' device."""
+        def zeros(*shape):
+            return torch.nn.Parameter(torch.zeros(shape, dtype=dtype, device=device))
+        return torch.nn.ParameterDict({"u1": zeros(self.cells), "u2": zeros(self.cells),
+                                       "pi": zeros(2, 2, 4), "V": zeros(self.cells)})
 
     def atomic_step(self, th, s, prev, execute=EXECUTE):
         """One atomic step of the three asynchronous units from cell ``s``: (b1, b2, a)."""
-        p = torch.full(s.shape, execute, dtype=th["u1"].dtype)
+        p = torch.full(s.shape, execute, dtype=th["u1"].dtype, device=s.device)
         x = one_hot(s, self.cells).to(p.dtype)   # the cell: local state for a critic baseline
         b1 = scg.message("b1", dist.Bernoulli(logits=th["u1"][s]), coagent="u1",
                          execute=p, init=prev[0], state=x)
@@ -72,16 +71,19 @@ class Gridworld:
     def episodes(self, th):
         """The episodic network: ``model(N)`` runs N episodes in a batch."""
 
+        device = th["u1"].device
+        nxt = self.next.to(device)
+
         @scg.network
         def gridworld(N):
             with scg.episodes(N):
-                s = torch.full((N,), self.start, dtype=torch.long)
-                zero = torch.zeros(N, dtype=th["u1"].dtype)
-                prev = (zero, zero, torch.zeros(N, dtype=torch.long))
+                s = torch.full((N,), self.start, dtype=torch.long, device=device)
+                zero = torch.zeros(N, dtype=th["u1"].dtype, device=device)
+                prev = (zero, zero, torch.zeros(N, dtype=torch.long, device=device))
                 for _ in scg.steps(self.horizon):
                     _, _, a = self.atomic_step(th, s, prev)  # prev: outputs before t = 0
-                    scg.reward("r", -torch.ones(N, dtype=zero.dtype))
-                    s = self.next[s, a]
+                    scg.reward("r", -torch.ones(N, dtype=zero.dtype, device=device))
+                    s = nxt[s, a]
                     scg.done(s == self.goal)
             return s
         return gridworld

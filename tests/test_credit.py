@@ -25,17 +25,23 @@ def test_suffix_sums_equal_dense(n, gamma):
     assert torch.all(S[n] == 0)
 
 
-def test_runs_of_credit_equal_dense_weights():
+@pytest.mark.parametrize("shape", ["runs", "suffixes", "undiscounted suffixes"])
+def test_runs_of_credit_equal_dense_weights(shape):
+    """Random runs (the general index_add), and one suffix per site (the fast forms: no S_b
+    term, no index_add, and with gamma = 1 no weights), against dense weights."""
     rng = random.Random(0)
-    n, gamma = 200, 0.95
+    n, gamma = 200, (1.0 if shape == "undiscounted suffixes" else 0.95)
     times = sorted(rng.randrange(400) for _ in range(n))
     c = torch.randn(n, 2)
     levels = P.scan_levels([gamma ** (b - a) for a, b in zip(times, times[1:])] + [0.0])
     S = P.suffix_sums(c, levels)
     site_times = [rng.randrange(400) for _ in range(30)]
+    if shape != "runs":   # every site has costs after it: one run (a suffix) each
+        site_times = [min(ts, times[-1]) for ts in site_times]
     rows, dense = [], torch.zeros(30, n)
     for k, ts in enumerate(site_times):
-        members = [j for j in range(n) if times[j] >= ts and rng.random() < 0.7]
+        members = [j for j in range(n) if times[j] >= ts and (shape != "runs" or
+                                                              rng.random() < 0.7)]
         for j in members:
             dense[k, j] = gamma ** (times[j] - ts)
         bits = sum(1 << j for j in members)
@@ -46,8 +52,12 @@ def test_runs_of_credit_equal_dense_weights():
     cols = list(zip(*rows))
     credit = P.Credit(torch.tensor(cols[0]), torch.tensor(cols[1]), torch.tensor(cols[2]),
                       torch.tensor(cols[3]), torch.tensor(cols[4]), (), (2,))
-    R = P.apply_credit(torch.zeros(30, 2), credit, S)
-    assert torch.allclose(R, dense @ c, atol=1e-9)
+    fast = shape != "runs"
+    assert (credit.to_end, credit.one_each, credit.unit) == \
+        (shape != "runs", fast, shape == "undiscounted suffixes")
+    for R0 in (None, torch.zeros(30, 2)):
+        R = P.apply_credit(R0, credit, S, torch.zeros(30, 2))
+        assert torch.allclose(R, dense @ c, atol=1e-9)
 
 
 def test_bitset_causal_pass_equals_descendants():

@@ -148,3 +148,25 @@ def test_cuda_steady_call_never_waits_for_the_device(case):
             torch.cuda.set_sync_debug_mode("default")
     finally:
         pyro.enable_validation(True)
+
+
+def gridworld_gradient(device, trap=False):
+    from scg.models.async_gridworld import Gridworld
+    torch.manual_seed(2)
+    world = Gridworld(3, 3, 6)
+    th = world.units(dtype=torch.float64, device=device)
+    est = scg.compile(world.episodes(th), verify=False)
+    est(8)
+    with _default_device("meta") if trap else contextlib.nullcontext():
+        for _ in range(3):
+            out = est(8)
+            out.loss.backward()
+    return [p.grad.clone() for p in th.values() if p.grad is not None], out.loss.device.type
+
+
+def test_the_zoos_gridworld_follows_its_parameters_device():
+    plain, _ = gridworld_gradient("cpu")
+    trapped, device = gridworld_gradient("cpu", trap=True)
+    assert device == "cpu" and len(plain) == 3
+    for a, b in zip(plain, trapped):
+        assert torch.equal(a, b)

@@ -88,6 +88,32 @@ def two_coagents():
     return model, fa, fb
 
 
+@pytest.mark.parametrize("verify", [False, True])
+@pytest.mark.parametrize("role", ["reward", "predict"])
+def test_a_cost_written_in_place_after_its_site_is_refused(role, verify):
+    """A reward buffer filled after it was emitted (or a predictor's observation) would read
+    sites emitted after it, which neither the analysed nor the sequential plan credits: a
+    silently wrong gradient (scg.check: MISMATCH) before it was refused."""
+    w = torch.nn.Parameter(torch.tensor(0.3))
+
+    @scg.network
+    def model(n):
+        with scg.episodes(n):
+            x = torch.zeros(n)
+            if role == "reward":
+                scg.reward("r", x)
+            else:
+                scg.predict("p", dist.Normal(w.expand(n), 1.0), obs=x, coagent="u")
+            m = scg.message("m", dist.Bernoulli(logits=w.expand(n)), coagent="u")
+            x += m
+            scg.reward("r2", m)
+
+    est = scg.compile(model, verify=verify)
+    name = "r" if role == "reward" else "p"
+    with pytest.raises(scg.ScgError, match=f"{role} '{name}' .*written in place after the site"):
+        est(3)
+
+
 def test_a_python_argument_is_part_of_the_guard():
     model, _, _ = two_coagents()
     est = scg.compile(model, verify=False)
@@ -111,7 +137,9 @@ def test_an_escape_makes_the_estimator_dynamic_for_good():
     est = scg.compile(model, verify=False)
     est(2, False)
     assert not est.dynamic
-    est(2, True)
+    est(2, True)      # a structure met once: the sequential plan (sound whatever escapes)
+    assert not est.dynamic and est.last_plan.graph.graph.get("sequential")
+    est(2, True)      # met again: analysed, and the escape seen
     assert est.dynamic
     est(2, False)     # still analysed as it happens: escapes are monotone
     assert est.dynamic and est.last_plan.graph.number_of_nodes() == 2
@@ -141,7 +169,8 @@ def test_verify_names_the_site_when_hidden_state_rewires_the_model():
 
 def test_a_replay_that_does_not_reproduce_the_run_is_refused():
     """A model that steps hidden tensor state (no escape, so nothing makes it dynamic): when a
-    new structure appears, its replay would describe another run."""
+    new structure is analysed (the second time it is met), its replay would describe another
+    run."""
     f = lin(1, 1)
     state = {"s": torch.zeros(2)}
 
@@ -156,6 +185,7 @@ def test_a_replay_that_does_not_reproduce_the_run_is_refused():
 
     est = scg.compile(model, verify=False)
     est(1)
+    est(2)     # met once: the sequential plan, which needs no replay (and no data flow)
     with pytest.raises(scg.ScgError, match="changed when the run was replayed"):
         est(2)
 

@@ -100,14 +100,23 @@ def check_replay(sites, replayed):
 
 def check_sites(sites, analysis):
     """Refuse what no plan could make unbiased: batch dimensions outside every plate, costs
-    that pool episodes, parameters of distributions that have no score term."""
+    that pool episodes, parameters of distributions that have no score term. Without an
+    ``analysis`` (None) the checks that need no data flow."""
     by_name = {x.name: x for x in sites}
     for s in sites:
         _check_batch(s)
-        if s.role in ("reward", "cost", "value"):
+        if s.role in ("reward", "cost", "value") and analysis is not None:
             _check_pooled(s, analysis.reads[s.name], by_name)
         if s.role == "env":
             _check_no_parameters(s)
+
+
+def pools_episodes(site):
+    """Whether a cost has one value for all episodes of an ``scg.episodes`` plate of two or
+    more (a batch statistic if computed from sites: only the data flow can tell)."""
+    shape = tuple(site.infer.get("scg_value_shape", site.fn.batch_shape))
+    return any(kind == "episodes" and size >= 2 and (len(shape) < -dim or shape[dim] == 1)
+               for _, dim, size, kind in site.plates)
 
 
 def _check_batch(s):

@@ -3,7 +3,7 @@ computed from it), never changing its input, so passes compose and are tested al
 
 - :func:`owned`: unlabelled costs get the coagent owning their pathwise gradient.
 - :func:`causal`: every stochastic site gets its downstream costs (design.md §3.3), the
-  credit the plan emits.
+  credit the plan emits; :func:`sequential`: every cost emitted after it (no data flow).
 - :func:`roll` / :func:`unroll`: recurrence over time (design.md §3 and §5).
 
 Tracing a run of ``scg.steps(T)`` already yields the unrolled graph: one node ``name@t`` per
@@ -51,6 +51,27 @@ def causal(g):
     h.graph["costs"] = order
     for s in stochastic(g):
         h.nodes[s]["downstream"] = bits[s]
+    return h
+
+
+def sequential(g):
+    """The causal pass without data flow: a new graph in which every stochastic site's
+    ``downstream`` is every cost emitted after it (reward-to-go), in the bitset layout of
+    :func:`causal`. Unbiased for any run, since a cost emitted before a site cannot depend on
+    it; wider than the data flow allows (more variance): the plan of a structure's first run
+    before it is analysed (:meth:`scg.estimators.estimator.Estimator.traced`). Linear."""
+    h = g.copy()
+    order = cost_order(g)
+    pos = {c: k for k, c in enumerate(order)}
+    scored = set(stochastic(g))
+    later = 0
+    for n in sorted(g, key=lambda n: g.nodes[n]["order"], reverse=True):
+        if n in pos:
+            later |= 1 << pos[n]
+        elif n in scored:
+            h.nodes[n]["downstream"] = later
+    h.graph["costs"] = order
+    h.graph["sequential"] = True
     return h
 
 

@@ -73,6 +73,15 @@ class Credit:
     wb: torch.Tensor     # [r] wa * gamma^(t_b - t_a) (0 when b = n_j)
     dims: tuple          # cost dims to sum for this site group
     view: tuple          # the reduced cost's view, aligned with the site group's batch
+    to_end: bool = False   # every run goes to the end of the group (wb = 0: no S_b term)
+    one_each: bool = False  # run k belongs to site k of every site (no index_add needed)
+    unit: bool = False     # every wa is 1 (no multiplication)
+
+    def __post_init__(self):
+        n = self.site.shape[0]
+        self.to_end = bool((self.wb == 0).all())
+        self.one_each = bool(torch.equal(self.site, torch.arange(n)))
+        self.unit = bool((self.wa == 1).all())
 
     def to(self, device, dtype):
         mv = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
@@ -210,9 +219,17 @@ def suffix_sums(c, levels):
     return torch.cat([S, S.new_zeros((1,) + S.shape[1:])])
 
 
-def apply_credit(R, credit, S):
-    """Add the credited runs of suffix sums ``S`` into the relative returns ``R`` (in R's
-    dtype: the log-probabilities' when costs arrive in another)."""
+def apply_credit(R, credit, S, like):
+    """Add the credited runs of suffix sums ``S`` into the relative returns ``R`` (None:
+    zeros) of ``like``'s shape and dtype (the log-probabilities', when costs arrive in another
+    dtype). The common shapes of credit (runs to the end of the group, one run per site, unit
+    weights) skip the operations they would make no-ops."""
     view = (-1,) + (1,) * (S.dim() - 1)
-    runs = credit.wa.view(view) * S[credit.a] - credit.wb.view(view) * S[credit.b]
+    runs = S[credit.a] if credit.unit else credit.wa.view(view) * S[credit.a]
+    if not credit.to_end:
+        runs = runs - credit.wb.view(view) * S[credit.b]
+    if credit.one_each and runs.shape[0] == like.shape[0]:
+        runs = runs.to(like.dtype).expand(like.shape)
+        return runs if R is None else R + runs
+    R = like.new_zeros(like.shape) if R is None else R
     return R.index_add(0, credit.site, runs.expand((runs.shape[0],) + R.shape[1:]).to(R.dtype))

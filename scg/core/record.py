@@ -5,7 +5,9 @@ This runs on every call of a compiled estimator, so it does no provenance or gra
 
 from dataclasses import dataclass
 
+import torch
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.subsample_messenger import _Subsample
 
 from ..errors import ScgError
 
@@ -26,13 +28,24 @@ class Site:
     version: int = 0
 
     def check_unchanged(self):
-        """Raise if the sampled value was written in place after it was drawn: its score term
-        would be taken at a value the run did not sample (design.md §3.4)."""
-        if self.value._version != self.version:
+        """Raise if the site's value was written in place after the site: a sampled value's
+        score term would be taken at a value the run did not sample, and a cost's value (or a
+        predictor's observation) could depend on sites after it, which no plan credits
+        (design.md §3.4)."""
+        value = self.value
+        if not isinstance(value, torch.Tensor) or value._version == self.version:
+            return
+        if self.role in ("message", "env"):
             raise ScgError(f"{self.role} {self.name!r} (step {self.time}): its sampled value was "
                            "written in place after it was drawn, so its score term would be "
                            "taken at a value the run did not sample; write into a copy "
                            "(m = m.clone())")
+        what = "observation" if self.role == "predict" else "value"
+        raise ScgError(f"{self.role} {self.name!r} (step {self.time}): its {what} was written in "
+                       "place after the site was emitted, so it may depend on sites emitted "
+                       f"after it, which are not credited with it; pass a copy "
+                       f"(scg.{self.role}({self.infer.get('scg_base', self.name)!r}, "
+                       "x.clone()))")
 
     @property
     def key(self):
@@ -51,9 +64,13 @@ class Recorder(Messenger):
         super().__init__()
         self.sites = []
         self.names = set()
+        self.raw = False   # a pyro.sample site that is not scg's (a plate's subsample aside)
 
     def _postprocess_message(self, msg):
-        if msg["type"] != "sample" or "scg_role" not in msg["infer"]:
+        if msg["type"] != "sample":
+            return
+        if "scg_role" not in msg["infer"]:
+            self.raw = self.raw or not isinstance(msg["fn"], _Subsample)
             return
         self.record_site(msg)
 

@@ -21,10 +21,18 @@ import torch
 
 from ..compiler import owners, passes
 from ..compiler.graph import build as build_graph
-from ..compiler.guards import arguments, check_replay, check_sites, data_flow, first_difference
+from ..compiler.guards import (
+    arguments,
+    check_replay,
+    check_sites,
+    data_flow,
+    first_difference,
+    pools_episodes,
+)
 from ..compiler.plan import build as build_plan
 from ..compiler.provenance import Analysis
-from ..core.record import record
+from ..core.record import Recorder, record
+from ..core.schema import COSTS
 from ..errors import ScgError
 from . import baselines, monte_carlo, online
 from .monte_carlo import Output
@@ -75,6 +83,8 @@ class Estimator(torch.nn.Module):
         self.structures = {}  # (signature, argument fingerprint) -> plan, for static runs
         self.dynamic = False  # something escaped torch in an analysed run: analyse every run
         self.last_plan = None
+        self.last_args = None  # (args, kwargs) of the last run, for graph()
+        self.met = {}         # structures (signature, arguments) met once, not yet analysed
         self.coagent_parameters = CoagentParameters()
         self.baseline = baselines.make(opts["baseline"], opts["decay"], opts["critic_hidden"])
         # the critic baseline's networks, registered here for state_dict, .to() and optimisers
@@ -96,10 +106,12 @@ class Estimator(torch.nn.Module):
     def graph(self, *args, **kwargs):
         """The dependency graph of a run with these arguments (the last analysed if none)."""
         if not args and not kwargs and self.last_plan is not None:
+            if self.last_plan.graph.graph.get("sequential"):   # analyse a run like it now
+                return self.traced(*self.last_args, sequential=False)[2].graph
             return self.last_plan.graph
         if not args and not kwargs and not _takes_no_arguments(self.model):
             raise ScgError("no structure analysed yet: call est.graph(*args)")
-        return self.traced(args, kwargs)[2].graph
+        return self.traced(args, kwargs, sequential=False)[2].graph
 
     def rolled_graph(self, *args, **kwargs):
         """The rolled graph (one node per site name, back edges to earlier steps): see
@@ -168,6 +180,10 @@ class Estimator(torch.nn.Module):
         if self.td is not None and state is not None:
             self.td.load_state(state, named)
 
+    def __getstate__(self):
+        state = super().__getstate__()
+        return {**state, "last_args": None}   # a call's arguments are not the estimator's
+
     def get_extra_state(self):
         return self.baseline.state()
 
@@ -175,23 +191,54 @@ class Estimator(torch.nn.Module):
         self.baseline.load_state(state)
 
     # ---- analysis ------------------------------------------------------------------------
-    def traced(self, args, kwargs, *handlers):
+    def traced(self, args, kwargs, *handlers, sequential=True):
         """Run the model once and find the plan of that run: ``(sites, value, plan)``.
 
         The first run, every run of a *dynamic* estimator (something escaped torch in an
         earlier run: escapes are monotone) and every run under ``verify`` are analysed as they
         happen; others run plainly and reuse the plan cached for their structure signature
-        and argument fingerprint, replaying the run under analysis when there is none."""
+        and argument fingerprint. A structure met for the first time (another horizon, episode
+        length, branch) takes the sequential plan (:meth:`sequential_plan`: no provenance
+        run) and is analysed, by replaying the run, when it comes again; a structure the
+        sequential plan cannot serve soundly is analysed at once. ``sequential=False``
+        (``scg.check``'s enumeration: every joint value under one plan) analyses at once."""
         guard = arguments(args, kwargs)
         if self.dynamic or self.verify or not self.structures:
             analysis = Analysis(inputs=(args, kwargs))
             sites, value = self.trace(args, kwargs, *handlers, recorder=analysis)
             plan = self.plan_of(sites, analysis, guard)
         else:
-            sites, value = self.trace(args, kwargs, *handlers)
-            plan = self.plan_for(sites, args, kwargs, guard)
-        self.last_plan = plan
+            recorder = Recorder()
+            sites, value = self.trace(args, kwargs, *handlers, recorder=recorder)
+            key = (tuple(s.key for s in sites), guard)
+            plan = self.structures.get(key)
+            if plan is None and sequential and key not in self.met and not recorder.raw \
+                    and not any(s.role in COSTS + ("value",) and pools_episodes(s)
+                                for s in sites):
+                self.met[key] = True
+                while len(self.met) > self.max_plans:
+                    self.met.pop(next(iter(self.met)))
+                plan = self.sequential_plan(sites)
+            elif plan is None:
+                plan = self.plan_for(sites, args, kwargs, guard)
+        self.last_plan, self.last_args = plan, (args, kwargs)
         return sites, value, plan
+
+    def sequential_plan(self, sites):
+        """The plan of a run without its data flow: every score term credited with every cost
+        emitted after it (:func:`scg.compiler.passes.sequential`). Unbiased for any run that
+        the analysed plan serves (a cost emitted before a site cannot depend on it), with more
+        variance where the data flow would drop costs. Used once per structure, and not for a
+        raw ``pyro.sample`` site or a cost pooling episodes (those need the data flow)."""
+        found = owners.find(sites)
+        self.coagent_parameters.add(found)
+        check_sites(sites, None)
+        g = build_graph(sites, {})
+        g = passes.sequential(passes.owned(g, found.cost_owner))
+        plan = build_plan(g, self.gamma, self.options["objective"],
+                          self.options["discount_score"])
+        plan.flow = None
+        return plan
 
     def plan_for(self, sites, args, kwargs, guard=None):
         """The plan for a plainly recorded run: cached for its structure and arguments, or
@@ -239,11 +286,10 @@ class Estimator(torch.nn.Module):
                           self.options["discount_score"])
 
     # ---- emission ------------------------------------------------------------------------
-    def run(self, args, kwargs, *handlers, update=True):
-        sites, value, plan = self.traced(args, kwargs, *handlers)
-        for s in sites:   # both estimators: no score at a value the run did not sample
-            if s.role in ("message", "env"):
-                s.check_unchanged()
+    def run(self, args, kwargs, *handlers, update=True, sequential=True):
+        sites, value, plan = self.traced(args, kwargs, *handlers, sequential=sequential)
+        for s in sites:   # both estimators: no value written in place after its site
+            s.check_unchanged()
         if self.td is not None:
             params = self.coagent_parameters
             critic = params.critic()

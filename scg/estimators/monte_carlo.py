@@ -114,7 +114,7 @@ def _score(sites, plan, tensors, C, baseline, update, score):
 def _returns(lp, i, plan, tensors, C, sums):
     """The relative returns R of site group i (``[n_sites, *batch]``), from the suffix sums of
     every cost group it is credited with."""
-    R = lp.new_zeros(lp.shape)
+    R = None
     for j in range(len(plan.costs)):
         credit = tensors["credit"].get((i, j))
         if credit is not None:
@@ -124,8 +124,8 @@ def _returns(lp, i, plan, tensors, C, sums):
                 c = c.sum(credit.dims, keepdim=True) if credit.dims else c
                 sums[key] = suffix_sums(c.reshape((c.shape[0],) + credit.view),
                                         tensors["scans"][j])
-            R = apply_credit(R, credit, sums[key])
-    return R
+            R = apply_credit(R, credit, sums[key], lp)
+    return lp.new_zeros(lp.shape) if R is None else R
 
 
 def _check_finite(group, c, sites):

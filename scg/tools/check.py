@@ -301,7 +301,7 @@ def _unexpected(msg):
 
 def estimator_run(est, args, values):
     """The estimator's output for one joint value, called as a user calls it."""
-    return est.run(args, {}, Fix(values, _unexpected), update=False)
+    return est.run(args, {}, Fix(values, _unexpected), update=False, sequential=False)
 
 
 def trajectories(est: Estimator, args):
