@@ -47,7 +47,7 @@ from scg.estimators.baselines import LeaveOneOut  # noqa: E402
 BASELINES = ("auto", "none", "avg", "loo", "critic")
 
 
-# ---- the 10-unit chain (issue 6) -----------------------------------------------------------
+# ---- the 10-unit chain -----------------------------------------------------------------
 def exact_gradient(work):
     """grad J for J = sum_t P(x_t = 1), x_0 = 0 before the first unit."""
     p, J = torch.zeros(()), 0.0

@@ -118,7 +118,7 @@ class Layer:
 
 
 class TalkingAgents:
-    """Seed 000's talking agents: A and B, each a GRU cell whose state emits a message (one of
+    """The talking agents: A and B, each a GRU cell whose state emits a message (one of
     M) and predicts the data D_t from the partner's message; the per-step data is a Markov chain
     over K symbols. Cost: both predictors' log-likelihoods (also trained directly). Batch B,
     T steps, gamma = 1, no baseline."""

@@ -7,7 +7,7 @@ finished episodes. scg's estimator with one coagent is REINFORCE (Williams 1992)
 score term weighted by the return after it, here with γ = 1 (J is the expected episode length,
 the quantity the target is stated in) and a leave-one-out baseline (the mean return after the
 same step in the other episodes of the batch). Adam on the loss, one update per batch, until
-the mean return of the last 100 episodes reaches 475 (the target of issue 4), for several
+the mean return of the last 100 episodes reaches 475 (CartPole-v1's reward_threshold), for several
 seeds. Writes docs/reinforce.md, docs/reinforce.json and docs/img/reinforce_learning.png.
 
     python examples/reinforce.py            # 8 seeds (about 5 minutes on one CPU core)
@@ -163,7 +163,8 @@ def page(args, runs, seconds):
         f"REINFORCE: γ = {args.gamma:g} (J is the expected episode length, at most 500), "
         f"baseline `{args.baseline}`, Adam (step size {args.lr:g}), one update per batch. "
         f"A run stops when the mean return of the last {args.window} episodes reaches "
-        f"{args.target:g} (issue 4's target), or after {args.max_updates} updates. Model: "
+        f"{args.target:g} (CartPole-v1's `reward_threshold` in gymnasium, the return at which "
+        "it counts as solved), or after {args.max_updates} updates. Model: "
         "`models/reinforce.py`; its estimator matches exact enumeration on CartPole started "
         "near failure (`tests/test_reinforce.py`, `scg check reinforce_cartpole`).",
         "",

@@ -1,4 +1,4 @@
-"""The cooperative matrix game (seed 004): two agents, each choosing action 0 (safe) or 1
+"""The cooperative matrix game: two agents, each choosing action 0 (safe) or 1
 (risky), both receive ``PAYOFF[a1, a2]`` with payoff [[0, -5], [-5, 10]].
 
 Three ways to learn it, each a coagent network written with scg's primitives:

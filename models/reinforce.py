@@ -1,4 +1,4 @@
-"""REINFORCE (Williams 1992; seed 003): one coagent, a policy network, on gymnasium's
+"""REINFORCE (Williams 1992): one coagent, a policy network, on gymnasium's
 CartPole-v1.
 
 The network runs a batch of episodes in one ``scg.episodes`` plate, through gymnasium's
@@ -9,9 +9,9 @@ policy (a small MLP from the observation to action logits) emits the action as
 ``scg.done`` masks finished episodes. Actions leave torch (``.numpy()``) into the
 environment, which scg's provenance analysis treats as an escape: every later site and reward
 counts as downstream of the action. That is exactly right here, the environment's state
-carries the action's effect to every later step (design.md section 3). With one coagent, scg's
-estimator is REINFORCE: the score term of each action weighted by the (discounted) return
-after it, minus a baseline.
+carries the action's effect to every later step (the docs' Concepts page: provenance tracking
+and the escape fallback). With one coagent, scg's estimator is REINFORCE: the score term of
+each action weighted by the (discounted) return after it, minus a baseline.
 
 The network's argument is a LongTensor of per-episode seeds: episode i starts from
 ``reset(seed=seeds[i])``. CartPole is deterministic given its initial state, so a run is a
@@ -60,8 +60,8 @@ class Episodes:
         horizon: the loop's length, ``scg.steps(horizon)`` (default: the env's time limit).
         chunk: after every episode has finished, the loop still runs to the next multiple of
             ``chunk`` steps (masked, no environment steps). The structure signature then takes
-            at most ``horizon / chunk`` values, so scg analyses few structures (section 3 of
-            design.md: a new loop length is a new structure).
+            at most ``horizon / chunk`` values, so scg analyses few structures (a new loop
+            length is a new structure: the Concepts page, the structure-signature cache).
     """
 
     def __init__(self, policy, make_env=None, horizon=None, chunk=25):

@@ -1,4 +1,4 @@
-"""Many agents, one set of parameters (seed 002): N homogeneous agents in an ``scg.agents`` plate.
+"""Many agents, one set of parameters: N homogeneous agents in an ``scg.agents`` plate.
 
 The task is channel selection, a cooperative game where coordination is everything: N agents
 each pick one of N channels at once; the team's reward is the fraction of channels used by
@@ -12,7 +12,8 @@ per-agent terms (the coagent policy gradient theorem for shared parameters):
     ∇_θ J = Σ_i E[∇_θ log π_θ(a_i | o_i) (G − b)]  =  Σ_i ∇_{θ_i} J(θ_1, ..., θ_N) at θ_i = θ,
 
 and every agent is credited with the team's reward (a cost at one agents index credits sites at
-all indices, design.md section 1). tests/test_shared_agents.py checks both identities exactly.
+all indices, as for any ``scg.agents`` plate). tests/test_shared_agents.py checks both
+identities exactly.
 """
 
 import pyro.distributions as dist
@@ -70,7 +71,8 @@ def make_network(agents, policy=None):
     return channel_selection, policy
 
 
-@register("shared_agents", "N agents sharing one policy pick distinct channels (seed 002)")
+@register("shared_agents", "N agents in one scg.agents plate share a policy and must pick "
+          "distinct channels")
 def build(agents=4, batch=64):
     network, policy = make_network(agents)
     return Setup(network=network, inputs=lambda step: (batch,), example=(2,),

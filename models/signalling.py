@@ -1,7 +1,7 @@
 """The signalling game (Lewis 1969): a sender sees a state in {0..3} and emits one of 8
 messages; a receiver sees only the message and picks an action. Both get reward 1 when the
 action equals the state. Neither coagent backpropagates into the other: each learns from its own
-score term, with the shared reward as credit (design.md section 1)."""
+score term, with the shared reward as credit (see the docs' Concepts page, Coagents)."""
 
 import pyro.distributions as dist
 import torch

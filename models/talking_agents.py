@@ -1,4 +1,4 @@
-"""Two agents that talk about a shared data stream and predict it (seed 000).
+"""Two agents that talk about a shared data stream and predict it.
 
 Agents A and B each have *one* parameter set, shared by their message policy and their
 predictor. Moore timing: at every step t both speak first, from what they knew before the
@@ -184,7 +184,7 @@ class Talk:
 
 
 @register("talking_agents", "two agents, one parameter set each, talk about a split Markov "
-          "stream and predict the partner's part (seed 000)")
+          "stream and predict the partner's part")
 def build(stream="split", messages=4, batch=64, T=16):
     talk = Talk(stream, messages)
     tiny = Talk(stream, 2, chain=[[0.9, 0.1], [0.2, 0.8]])

@@ -12,14 +12,19 @@ function returns an :class:`scg.zoo.Setup` or is an ``@scg.network`` taking no a
 
 import argparse
 import ast
+import inspect
 import math
 import os
 import sys
 
+from pyro.poutine.trace_messenger import TraceMessenger
+
 from . import zoo
+from .core.record import record
 from .errors import ScgError
 from .estimators.estimator import compile
 from .tools.check import check as run_check
+from .tools.check import raw_sites, space_size
 from .tools.derive import derive as rules
 from .tools.render import render as draw
 from .train.trainer import Trainer
@@ -49,7 +54,35 @@ def build_args(pairs):
 
 
 def load(args):
-    return zoo.load(args.model, **build_args(args.arg))
+    s = zoo.load(args.model, **build_args(args.arg))
+    path, _, name = args.model.rpartition(":")
+    if path.endswith(".py") and getattr(s.network, "__name__", None) == name \
+            and not _binds(s.network, s.example):
+        raise ScgError(f"{args.model} is an @scg.network that takes arguments "
+                       f"{_signature(s.network)}, and the command line has none to give it. A "
+                       "model file's function must be either an @scg.network taking no "
+                       "arguments, or a function returning an scg.zoo.Setup that says how to "
+                       f"call the network: Setup(network={name}, inputs=lambda step: (ARGS...), "
+                       "example=(SMALL ARGS...)) (see docs/cli.md, MODEL)")
+    return s
+
+
+def _signature(network):
+    try:
+        return str(inspect.signature(inspect.unwrap(network)))
+    except (TypeError, ValueError):
+        return "(...)"
+
+
+def _binds(network, args):
+    """Whether ``network(*args)`` fits the network's signature (True if it cannot be read)."""
+    try:
+        inspect.signature(inspect.unwrap(network)).bind(*args)
+    except TypeError:
+        return False
+    except ValueError:
+        pass
+    return True
 
 
 def parser():
@@ -183,9 +216,32 @@ def derive(args):
 def check(args):
     s = load(args)
     network, example, options = s.check or (s.network, s.example, s.options)
+    if s.check is None and args.method == "auto":
+        why = _not_enumerable(network, example, options)
+        if why is not None:
+            raise ScgError(f"{args.model} has no check instance (Setup.check: a version small "
+                           f"enough to enumerate) and its example cannot be enumerated: {why}. "
+                           "Finite differences would take minutes and are only a statistical "
+                           "test: give its Setup check=(network, args, options) small enough to "
+                           "enumerate, or pass --method fd to run them anyway")
     report = run_check(network, *example, method=args.method, **options)
     print(report)
     return 0 if report.ok else 1
+
+
+def _not_enumerable(network, example, options):
+    """Why ``scg check``'s enumeration cannot take ``network(*example)`` (None if it can): a
+    continuous or non-scg latent site, or a joint space over ``max_size`` (one plain run)."""
+    tracer = TraceMessenger()
+    sites, _ = record(network, example, {}, tracer)
+    raw = raw_sites(tracer.trace)
+    if raw:
+        return f"pyro.sample site {raw[0]['name']!r} is not an scg site"
+    size, why = space_size(sites)
+    limit = options.get("max_size", inspect.signature(run_check).parameters["max_size"].default)
+    if why is None and size > limit:
+        why = f"its joint space has {size} values (> max_size={limit})"
+    return why
 
 
 def _slug(model):

@@ -6,6 +6,7 @@ Every site is a Pyro sample site, so models compose with ``poutine.trace``, ``re
 """
 
 import functools
+import inspect
 
 import pyro
 import pyro.distributions as dist
@@ -19,9 +20,11 @@ from .core.asynchrony import asynchronous_message
 from .core.context import (
     RunContext,
     active_plates,
+    current_run,
     expands_to,
     fast_path_frame,
     has_plate_sizes,
+    no_episodes_hint,
     plate_shape,
     require_run,
     sample_site,
@@ -30,15 +33,47 @@ from .errors import ScgError
 
 
 def network(fn):
-    """Mark ``fn`` as a coagent network: each call runs inside its own :class:`RunContext`."""
+    """Mark ``fn`` as a coagent network: a call runs inside its own :class:`RunContext`.
+
+    Networks nest: a network called while another one runs (a helper ``@scg.network`` that
+    builds part of an architecture) runs its body in the enclosing run, sharing its time index
+    (inside ``scg.steps`` its sites are ``name@t``), plates, ``done`` masks and recorder, so
+    its sites are exactly those of its body written inline.
+
+    Called with arguments its signature does not take, it raises an :class:`ScgError` naming
+    the network and its signature (not a bare ``TypeError``).
+    """
 
     @functools.wraps(fn)
     def run(*args, **kwargs):
-        with RunContext():
-            return fn(*args, **kwargs)
+        try:
+            if current_run() is not None:   # nested: part of the enclosing run
+                return fn(*args, **kwargs)
+            with RunContext():
+                return fn(*args, **kwargs)
+        except TypeError:
+            why = _misfit(fn, args, kwargs)
+            if why is None:   # raised inside the body: not a bad call of the network
+                raise
+            raise ScgError(why) from None
 
     run._scg_network = True
     return run
+
+
+def _misfit(fn, args, kwargs):
+    """Why ``fn(*args, **kwargs)`` is not a valid call of ``fn`` (None if it is)."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+    try:
+        sig.bind(*args, **kwargs)
+        return None
+    except TypeError as e:
+        given = [f"{len(args)} positional"] + ([f"keywords {sorted(kwargs)}"] if kwargs else [])
+        return (f"@scg.network {getattr(fn, '__name__', 'network')}{sig} was called with "
+                f"{' and '.join(given)} argument(s): {e}")
 
 
 def coagent(fn=None, *, name=None):
@@ -177,10 +212,11 @@ def _value_site(name, value, role, coagent=None):
     value = as_tensor(value)
     if not value.is_floating_point():
         value = value.to(torch.get_default_dtype())
-    shape = plate_shape(active_plates())
+    plates = active_plates()
+    shape = plate_shape(plates)
     if value.shape != shape and not expands_to(value.shape, shape):
         raise ScgError(f"{role} {name!r} has shape {tuple(value.shape)}, but its plates imply "
-                       f"batch shape {tuple(shape)}")
+                       f"batch shape {tuple(shape)}{no_episodes_hint(plates, value.shape)}")
     fn = dist.Delta(value.expand(shape) if value.shape != shape else value, validate_args=False)
     sample_site(name, fn, role, coagent, obs=value, scg_value_shape=tuple(value.shape))
     return value

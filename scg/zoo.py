@@ -93,6 +93,10 @@ def _call(build, target, kwargs):
     if unknown and not any(p.kind == p.VAR_KEYWORD for p in params.values()):
         raise ScgError(f"model {target!r} takes no argument(s) {unknown}; valid: "
                        f"{sorted(params)}")
+    try:
+        inspect.signature(build).bind(**kwargs)
+    except TypeError as e:
+        raise ScgError(f"model {target!r}: {e}; give it with --arg KEY=VALUE") from None
     return build(**kwargs)
 
 

@@ -26,6 +26,7 @@ def random_units(world, seed=0):
     return th
 
 
+@pytest.mark.slow
 def test_estimator_and_exact_objective_match_enumeration_on_a_tiny_grid():
     """One enumeration of a 1x2 grid over 2 steps: J and grad J by enumeration equal the
     backward induction's, and E[grad surrogate] equals grad J."""
@@ -70,6 +71,7 @@ def test_transition_rows_are_distributions():
     assert (P >= 0).all()
 
 
+@pytest.mark.slow
 def test_monte_carlo_estimate_within_four_standard_errors_of_exact_gradient():
     world = Gridworld(2, 3, 8)
     th = random_units(world, seed=1)
@@ -93,6 +95,7 @@ def test_bad_gridworld(rows, cols, horizon):
         Gridworld(rows, cols, horizon)
 
 
+@pytest.mark.slow
 def test_example_smoke(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get(
         "PYTHONPATH", "")])}

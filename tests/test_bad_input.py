@@ -1,5 +1,6 @@
 """Bad input: a clear ScgError naming the site (and step) or argument, before any gradient."""
 
+import pyro
 import pyro.distributions as dist
 import pytest
 import torch
@@ -295,3 +296,148 @@ def test_invalid_distribution_parameters_name_the_cause():
         theta[1] = float("inf") - float("inf")
     with pytest.raises(scg.ScgError, match=r"non-finite parameters: \['pi'\]"):
         est(torch.ones(2))
+
+
+# ---- errors at the edges (issue 17 §4) ----------------------------------------------------
+def test_network_called_with_the_wrong_arguments():
+    """A network called with arguments its signature does not take: an ScgError naming the
+    network and its signature, not a bare TypeError; a TypeError inside the body stays one."""
+    @scg.network
+    def model(s):
+        with scg.episodes(2):
+            scg.reward("r", s)
+    with pytest.raises(scg.ScgError, match=r"@scg.network model\(s\) was called with 0 "
+                                           r"positional argument\(s\): missing a required "
+                                           r"argument: 's'"):
+        scg.compile(model)()
+    with pytest.raises(scg.ScgError, match=r"model\(s\) was called with 1 positional and "
+                                           r"keywords \['t'\] argument\(s\)"):
+        scg.compile(model)(torch.zeros(2), t=1)
+
+    @scg.network
+    def broken(s):
+        return len(3)
+    with pytest.raises(TypeError, match="has no len"):
+        scg.compile(broken)(torch.zeros(2))
+
+
+def counted_model(w, takes_input):
+    def body():
+        body.calls += 1
+        with scg.episodes(2):
+            a = scg.message("a", dist.Bernoulli(logits=w.expand(2)), coagent="me")
+            scg.reward("r", a)
+    body.calls = 0
+    model = scg.network((lambda s: body()) if takes_input else body)
+    return model, body
+
+
+def test_optimiser_before_the_first_call():
+    """Before any call, est.parameters() of a model that takes arguments says to call it once
+    (torch's "optimizer got an empty parameter list" before); a model that takes none is run
+    once to meet them. nn.Module's own machinery (state_dict, .to, repr, zero_grad) neither
+    raises nor runs the model."""
+    w = torch.nn.Parameter(torch.zeros((), dtype=torch.float64))
+    model, body = counted_model(w, takes_input=True)
+    est = scg.compile(model)
+    est.zero_grad()
+    est.requires_grad_(True)
+    assert est.state_dict() is not None and est.to("cpu") is est and repr(est)
+    assert body.calls == 0
+    call_first = r"has not run yet.*call est\(\*args\) or est.discover\(\*args\) once"
+    with pytest.raises(scg.ScgError, match=r"est.parameters\(\): network '<lambda>' " + call_first):
+        torch.optim.Adam(est.parameters())
+    with pytest.raises(scg.ScgError, match=call_first):
+        est.parameters("me")
+    est.discover(torch.zeros(2))
+    assert [id(p) for p in torch.optim.Adam(est.parameters()).param_groups[0]["params"]] == \
+        [id(w)]
+
+    model, body = counted_model(w, takes_input=False)
+    est = scg.compile(model)
+    opt = torch.optim.SGD(est.parameters(), lr=1.0)   # runs it once (discover)
+    assert body.calls == 1 and [id(p) for p in opt.param_groups[0]["params"]] == [id(w)]
+    assert [id(p) for p in est.parameters("me")] == [id(w)] and body.calls == 1
+
+
+def test_forgotten_episodes_plate():
+    """A model without scg.episodes: the error says to wrap its body in scg.episodes(N)
+    (before: only "plates imply batch shape ()")."""
+    @scg.network
+    def rewards_only(s):
+        scg.reward("r", s)
+    with pytest.raises(scg.ScgError, match=r"reward 'r' has shape \(2,\), but its plates imply "
+                                           r"batch shape \(\): no scg.episodes plate is open\. "
+                                           r"Wrap the model's body in `with scg.episodes\(2\):`"):
+        scg.compile(rewards_only)(torch.zeros(2))
+
+    @scg.network
+    def no_plate(s):
+        for _t in scg.steps(2):
+            a = scg.message("a", one(s), coagent="f")
+            scg.reward("r", a)
+    with pytest.raises(scg.ScgError, match=r"message 'a' \(step 0\) has batch shape \(2,\), "
+                                           r"but no plate encloses it \(every batch dimension "
+                                           r"must belong to a plate\): no scg.episodes plate is "
+                                           r"open.*`with scg.episodes\(2\):`"):
+        scg.compile(no_plate)(torch.zeros(2))
+
+    @scg.network
+    def agents_only(s):
+        with scg.agents(3):
+            scg.reward("r", torch.zeros(4, 3))
+    with pytest.raises(scg.ScgError, match=r"batch shape \(3,\): no scg.episodes plate is "
+                                           r"open\. Wrap the model's body in `with "
+                                           r"scg.episodes\(4\):`"):
+        scg.compile(agents_only)(torch.zeros(2))
+
+
+def nested_pair():
+    """The same network twice: ``inline`` writes a helper's body in place, ``nested`` calls
+    it as an ``@scg.network`` (once before the steps loop, then once per step)."""
+    f, g = lin(1, 1), lin(2, 1)
+
+    def act(s, prev):
+        x = torch.stack([s, prev], -1)
+        a = scg.message("a", dist.Bernoulli(logits=g(x).squeeze(-1)), coagent="g")
+        scg.reward("r", (a == s).double())
+        return a
+
+    def first(s):
+        return scg.message("m", dist.Bernoulli(logits=f(s[:, None]).squeeze(-1)), coagent="f")
+
+    @scg.network
+    def inline(s):
+        with scg.episodes(s.shape[0]):
+            prev = first(s)
+            for _t in scg.steps(3):
+                prev = act(s, prev)
+
+    helper, opening = scg.network(act), scg.network(first)
+
+    @scg.network
+    def nested(s):
+        with scg.episodes(s.shape[0]):
+            prev = opening(s)
+            for _t in scg.steps(3):
+                prev = helper(s, prev)
+    return inline, nested, list(f.parameters()) + list(g.parameters())
+
+
+def test_nested_network_runs_in_the_enclosing_run():
+    """A helper @scg.network called inside a running network (inside scg.steps too) runs its
+    body in the enclosing run: the same sites and the same gradient as the body inline (before:
+    "site name 'a' is used twice in step 0", the nested run had reset time)."""
+    inline, nested, params = nested_pair()
+    s = torch.tensor([0.0, 1.0, 1.0])
+    grads, names = [], []
+    for model in (inline, nested):
+        est = scg.compile(model, baseline="none")
+        pyro.set_rng_seed(3)
+        out = est(s)
+        names.append([(x.name, x.role, x.coagent, x.time) for x in out.sites])
+        grads.append(torch.autograd.grad(out.loss, params))
+    assert names[0] == names[1] and names[0][1][0] == "a@0" and len(names[0]) == 7
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+    rep = [scg.check(m, s[:2], baseline="none") for m in (inline, nested)]
+    assert all(r.ok for r in rep) and torch.allclose(rep[0].exact, rep[1].exact)

@@ -49,6 +49,7 @@ def test_auto_is_loo_with_several_episodes_and_avg_with_one(n, expect):
         assert torch.equal(a, b)
 
 
+@pytest.mark.slow
 def test_auto_is_the_default_and_matches_exact_enumeration():
     th = params(1)
     model = signalling(3, th)
@@ -96,6 +97,7 @@ class _Categorical(torch.nn.Module):
         return dist.Categorical(logits=logits)
 
 
+@pytest.mark.slow
 def test_critic_on_local_state_is_unbiased_by_enumeration():
     th = params(2)
     model = signalling(3, th)

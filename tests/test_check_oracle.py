@@ -242,6 +242,7 @@ def poisson_net():
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("make", [reparam_net, poisson_net], ids=["reparam", "poisson"])
+@pytest.mark.slow
 def test_fd_says_ok_on_correct_estimators(make, seed):
     torch.manual_seed(seed)
     report = scg.check(make()[0], 200, samples=40, directions=3, seed=seed)

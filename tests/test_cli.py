@@ -92,3 +92,64 @@ def test_build_arguments(capsys):
     assert code == 2 and "takes no argument(s) ['agentz']; valid: ['agents', 'batch']" in err
     code, _, err = run(capsys, "derive", "shared_agents", "--arg", "3")
     assert code == 2 and "expected KEY=VALUE" in err
+
+
+def test_model_file_network_taking_arguments(capsys, tmp_path):
+    """``file.py:net`` where net is an @scg.network taking arguments: the command line has none
+    to give it, so exit 2 with what a model file must provide (before: a raw TypeError)."""
+    f = tmp_path / "args.py"
+    f.write_text(
+        "import pyro.distributions as dist, torch\nimport scg\n"
+        "w = torch.nn.Parameter(torch.zeros(()))\n"
+        "@scg.network\n"
+        "def net(n):\n"
+        "    with scg.episodes(n):\n"
+        "        scg.reward('r', scg.message('a', dist.Bernoulli(logits=w.expand(n)), "
+        "coagent='me'))\n")
+    for command in (["train", f"{f}:net", "--updates", "1", "--out", str(tmp_path / "run"),
+                     "--no-progress"], ["check", f"{f}:net"], ["derive", f"{f}:net"]):
+        code, _, err = run(capsys, *command)
+        assert code == 2, command
+        assert f"{f}:net is an @scg.network that takes arguments (n), and the command line has " \
+            "none to give it" in err
+        assert "an @scg.network taking no arguments, or a function returning an scg.zoo.Setup" \
+            in err and "Setup(network=net, inputs=lambda step:" in err
+
+
+def test_model_factory_missing_an_argument(capsys, tmp_path):
+    """A factory with a required argument the command line does not give: exit 2 naming it
+    and --arg (before: a raw TypeError)."""
+    f = tmp_path / "factory.py"
+    f.write_text("def setup(batch):\n    raise RuntimeError('not called')\n")
+    code, _, err = run(capsys, "check", f"{f}:setup")
+    assert code == 2
+    assert "missing a required argument: 'batch'; give it with --arg KEY=VALUE" in err
+
+
+def test_check_without_a_check_instance_refuses_finite_differences(capsys, tmp_path):
+    """``scg check`` (method auto) on a model with no Setup.check whose example cannot be
+    enumerated: exit 2 with the reason (before: minutes of finite differences)."""
+    f = tmp_path / "cont.py"
+    f.write_text(
+        "import pyro.distributions as dist, torch\nimport scg\n"
+        "w = torch.nn.Parameter(torch.zeros(()))\n"
+        "@scg.network\n"
+        "def net(n):\n"
+        "    with scg.episodes(n):\n"
+        "        a = scg.message('a', dist.Normal(w.expand(n), 1.0), coagent='me')\n"
+        "        scg.reward('r', -a ** 2)\n"
+        "@scg.network\n"
+        "def wide(n):\n"
+        "    with scg.episodes(n):\n"
+        "        scg.reward('r', scg.message('a', dist.Bernoulli(logits=w.expand(n)), "
+        "coagent='me'))\n"
+        "def setup():\n"
+        "    return scg.zoo.Setup(network=net, inputs=lambda step: (4,), example=(2,))\n"
+        "def big():\n"
+        "    return scg.zoo.Setup(network=wide, inputs=lambda step: (4,), example=(13,))\n")
+    code, _, err = run(capsys, "check", f"{f}:setup")
+    assert code == 2 and f"{f}:setup has no check instance (Setup.check" in err
+    assert "cannot be enumerated: site 'a' (Normal) is continuous" in err
+    assert "give its Setup check=(network, args, options)" in err and "--method fd" in err
+    code, _, err = run(capsys, "check", f"{f}:big")
+    assert code == 2 and "its joint space has 8192 values (> max_size=4096)" in err

@@ -1,7 +1,11 @@
 """scg.derive: each coagent's rule, checked against the rules it must reproduce: Bacon et al.'s
 termination and intra-option gradients for the option-critic (numerically, by enumeration),
-seed 000's update for the talking agents, and the credit of every registry network."""
+the talking agents' per-step update, and the credit of every registry network; the compile
+options it takes and the lines that state them."""
 
+import re
+
+import pyro.distributions as dist
 import pytest
 import torch
 
@@ -73,10 +77,11 @@ def test_larger_shapes_pass_enumeration(name):
     assert report.ok, str(report)
 
 
-def test_talking_agents_follow_seed_000():
-    """Seed 000's update: each agent's score term (no γ^t under discount_score=False) credited
-    with the partner's prediction of this step (which reads the message) and its own of the
-    next step (the partner speaks from what it heard), plus its own predictor term with γ^t."""
+def test_talking_agents_follow_the_per_step_rule():
+    """The talking agents' per-step update: each agent's score term (no γ^t under
+    discount_score=False) credited with the partner's prediction of this step (which reads the
+    message) and its own of the next step (the partner speaks from what it heard), plus its own
+    predictor term with γ^t."""
     d, _ = derived(SHAPES["talking_agents"], discount_score=False)
     text = str(d)
     for me, you in (("A", "B"), ("B", "A")):
@@ -89,7 +94,7 @@ def test_talking_agents_follow_seed_000():
         assert (f"Δθ_{me} ∝ Σ_t ∇ log π_{me}(m{me}_t" in text)
         assert f"Σ_t γ^t ∇ log q_{me}(pred{me}_t | " in text
         assert f"log q_{you}(pred{you}_t)" in text and f"γ^1 log q_{me}(pred{me}_t+1)" in text
-    assert "seed 000's rule" in text
+    assert "the common rule without γ^t on the score term" in text and "seed" not in text
     d2, _ = derived(SHAPES["talking_agents"])
     assert "Δθ_A ∝ Σ_t γ^t ∇ log π_A(mA_t" in str(d2)
 
@@ -112,6 +117,76 @@ def test_rules_credit_what_the_estimator_credits(name):
 
 def test_baseline_and_estimator_options_are_stated():
     text = str(derived(REGISTRY["chain"], baseline="loo")[0])
-    assert "leave-one-out" in text
+    loo = [line for line in text.splitlines() if line.strip().startswith("baseline")]
+    assert loo and all(line.strip() == "baseline b = the mean of G over the other episodes of "
+                       "the batch (leave-one-out)" for line in loo)
     text = str(derived(REGISTRY["recurrent_steps"], estimator="td")[0])
     assert "TD(λ) error" in text
+
+
+@pytest.mark.parametrize("kind", ["none", "avg", "loo", "critic"])
+def test_each_baseline_is_said_once(kind):
+    """The baseline line names b once, in symbols and in words, without repeating itself."""
+    text = str(derived(REGISTRY["chain"], baseline=kind)[0])
+    lines = [line.strip() for line in text.splitlines() if line.strip().startswith("baseline")]
+    assert lines and len(set(lines)) == 1
+    words = re.findall(r"[a-z]+", lines[0].lower())
+    assert lines[0].startswith("baseline b = ")
+    assert not any(words[i:i + 2] == words[j:j + 2] for i in range(len(words) - 1)
+                   for j in range(i + 1, len(words) - 1) if words[i] not in ("of", "the")), \
+        lines[0]
+
+
+def test_derive_takes_compile_options():
+    """scg.derive(model, *args, **options) shows the rule of scg.compile(model, **options):
+    without options, the defaults (γ = 1, baseline auto)."""
+    model, args, _ = REGISTRY["recurrent_steps"]()
+    default = scg.derive(model, *args)
+    assert (default.gamma, default.baseline) == (1.0, "auto")
+    assert "(γ = 1; baseline auto;" in str(default) and "γ^t" not in str(default)
+    d = scg.derive(model, *args, gamma=0.9, baseline="loo", discount_score=False)
+    assert (d.gamma, d.baseline, d.discount_score) == (0.9, "loo", False)
+    compiled = scg.derive(model, *args, est=scg.compile(model, gamma=0.9, baseline="loo",
+                                                        discount_score=False))
+    assert str(d) == str(compiled)
+    assert "(γ = 0.9; baseline loo;" in str(d) and "the common rule without γ^t" in str(d)
+    with pytest.raises(scg.ScgError, match="not both"):
+        scg.derive(model, *args, est=scg.compile(model), gamma=0.9)
+    with pytest.raises(scg.ScgError, match="unknown compile option"):
+        scg.derive(model, *args, gama=0.9)
+
+
+def test_derive_passes_keyword_arguments_to_the_model():
+    model, args, opts = REGISTRY["recurrent_steps"]()
+    calls = []
+
+    @scg.network
+    def wrapped(*a, note=None):
+        calls.append(note)
+        return model(*a)
+
+    d = scg.derive(wrapped, *args, kwargs={"note": "seen"}, **opts)
+    assert "seen" in calls and d.rules
+
+
+def test_a_gate_that_does_not_read_the_option_is_no_termination_unit():
+    """A Bernoulli unit gating another is read as the option-critic's termination unit only
+    when it reads the gated unit's previous output, as β(s_t, ω_{t−1}) does."""
+    look_w, m_w = torch.zeros(2, requires_grad=True), torch.zeros(2, 2, requires_grad=True)
+
+    @scg.network
+    def lamp(s):
+        n = s.shape[0]
+        with scg.episodes(n):
+            a = torch.zeros(n, dtype=torch.long)
+            for _ in scg.steps(2):
+                look = scg.message("look", dist.Bernoulli(logits=look_w[a]), coagent="watch")
+                m = scg.message("m", dist.Categorical(logits=m_w[s]), coagent="sensor",
+                                execute=look.bool())
+                a = scg.message("a", dist.Categorical(logits=m_w[m]), coagent="actor")
+                scg.reward("r", (a == s).double())
+
+    d = scg.derive(lamp, torch.tensor([0, 1]))
+    assert d["sensor"].units[0].bit == ["look"]
+    assert all(not u.reading for rule in d.rules.values() for u in rule.units), str(d)
+    assert "Bacon" not in str(d)

@@ -164,6 +164,7 @@ def gridworld_gradient(device, trap=False):
     return [p.grad.clone() for p in th.values() if p.grad is not None], out.loss.device.type
 
 
+@pytest.mark.slow
 def test_the_zoos_gridworld_follows_its_parameters_device():
     plain, _ = gridworld_gradient("cpu")
     trapped, device = gridworld_gradient("cpu", trap=True)

@@ -16,6 +16,7 @@ def warm(est, args, n=5):
 
 @pytest.mark.parametrize("baseline", KINDS)
 @pytest.mark.parametrize("name", sorted(REGISTRY))
+@pytest.mark.slow
 def test_estimator_equals_exact_gradient(name, baseline):
     model, args, opts = REGISTRY[name]()
     est = scg.compile(model, baseline=baseline, **opts)

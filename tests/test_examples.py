@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -34,6 +36,7 @@ def test_signalling_smoke():
     assert 0.0 <= final_reward(out) <= 1.0
 
 
+@pytest.mark.slow
 def test_signalling_learns():
     """The full-size run (400 updates of 64 episodes; a few seconds on 2 CPU cores)."""
     out = run_example("--seed", "1")

@@ -111,6 +111,7 @@ def closed_form(game, variant, coef):
 @pytest.mark.parametrize("variant, coef, N, baseline, size", [
     ("factored", 0.0, 1, "none", 16), ("joint_kl", 0.7, 2, "loo", 256),
     ("mixture", 0.4, 1, "none", 16)])
+@pytest.mark.slow
 def test_enumerated_estimator_equals_closed_form_gradient_over_two_seeds(variant, coef, N,
                                                                           baseline, size):
     """Two replicas of N episodes: sum_tau p(tau) * objective equals the closed-form J summed
@@ -275,6 +276,7 @@ def test_bad_joint_policy(probs, match):
 
 
 # ---- the example -----------------------------------------------------------------------------
+@pytest.mark.slow
 def test_example_smoke(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get(
         "PYTHONPATH", "")])}

@@ -10,6 +10,7 @@ from networks import REGISTRY
 
 @pytest.mark.parametrize("baseline", ["none", "loo", "critic"])
 @pytest.mark.parametrize("name", ["chain", "recurrent_steps", "interacting_agents"])
+@pytest.mark.slow
 def test_monte_carlo_mean_matches_exact(name, baseline):
     model, args, opts = REGISTRY[name]()
     est = scg.compile(model, baseline=baseline, **opts)

@@ -78,6 +78,7 @@ def true_values(theta, R):
 
 
 @pytest.mark.parametrize("T", [2, 3])
+@pytest.mark.slow
 def test_monte_carlo_variant_expected_update_is_exact_gradient(T):
     episode, _, theta, V, R = chain(T)
     est = scg.compile(episode, estimator="td", lam=1.0, gamma=GAMMA)
@@ -86,6 +87,7 @@ def test_monte_carlo_variant_expected_update_is_exact_gradient(T):
     assert torch.allclose(E, exact, rtol=1e-10, atol=1e-12), (E, exact)
 
 
+@pytest.mark.slow
 def test_true_value_function_makes_td0_unbiased():
     episode, _, theta, V, R = chain(3)
     with torch.no_grad():
@@ -96,6 +98,7 @@ def test_true_value_function_makes_td0_unbiased():
 
 
 @pytest.mark.parametrize("lam", [0.0, 0.5])
+@pytest.mark.slow
 def test_bootstrapping_with_a_wrong_critic_is_biased(lam):
     """Measured, not assumed: with V = 0 the TD(lambda < 1) expected update is not grad J."""
     episode, _, theta, V, R = chain(3)
@@ -135,6 +138,7 @@ def test_local_losses_sum_to_loss_and_critic_has_its_own():
     assert torch.allclose(sum(out.local.values()), out.loss)
 
 
+@pytest.mark.slow
 def test_average_reward_variant_tracks_the_reward_rate():
     _, one_step, theta, V, R = chain(2)
     est = scg.compile(one_step, estimator="td", lam=0.5, objective="average", avg_rate=0.05)
@@ -184,6 +188,7 @@ def bias_and_variance(lam, exact_critic):
     return ((E - g).norm() / g.norm()).item(), (second - E @ E).item()
 
 
+@pytest.mark.slow
 def test_bootstrapping_trades_bias_for_variance():
     """The figures in docs/asynchrony.md: with the true V every lambda is unbiased and the
     variance falls with lambda; with V = 0 bootstrapping cuts variance and adds bias."""

@@ -131,6 +131,7 @@ def test_estimator_matches_exact_enumeration_on_a_tiny_world():
     assert report.ok, str(report)
 
 
+@pytest.mark.slow
 def test_zoo_entry_trains_online_like_the_example():
     """``scg.Trainer`` on the zoo entry (online, two runs) makes the updates of the example's
     loop written out by hand: Adam (beta2 0.99) on the units, SGD on the critic, each run's
@@ -247,6 +248,7 @@ def test_wrong_state_shapes():
 
 
 # ---- the example -------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_example_smoke(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get(
         "PYTHONPATH", "")])}

@@ -74,6 +74,7 @@ def random_network(seed):
 
 
 @pytest.mark.parametrize("seed", range(24))
+@pytest.mark.slow
 def test_random_network_matches_enumeration(seed):
     model, gamma = random_network(seed)
     baseline = KINDS[seed % len(KINDS)]

@@ -85,6 +85,7 @@ def test_unroll_of_roll_on_async_network():
     assert set(u.edges) == set(g.edges)
 
 
+@pytest.mark.slow
 def test_async_network_matches_enumeration():
     model, args = two_units(2)
     for baseline in ("loo",):  # every baseline on async networks: test_enumeration's registry

@@ -86,6 +86,7 @@ def tiny(hidden=8):
 
 
 @pytest.mark.parametrize("baseline", ["none", "loo"])
+@pytest.mark.slow
 def test_cartpole_estimator_matches_enumeration(baseline):
     """The real CartPole dynamics, actions leaving torch through .numpy() (an escape),
     episodes ending at different steps (scg.done): exact to float precision."""
@@ -113,6 +114,7 @@ def exact_objective(ep, seeds):
                for o in trajectories(est, (s[None],))) / len(seeds)
 
 
+@pytest.mark.slow
 def test_cartpole_monte_carlo_estimate_within_standard_errors_of_exact_gradient():
     """The sampled estimator (leave-one-out, 64 episodes from 8 start states repeated) against
     the exact gradient: every coordinate within 4.5 standard errors over 16 estimates."""
@@ -205,6 +207,7 @@ def test_bad_batch(batch):
         build(batch=batch)
 
 
+@pytest.mark.slow
 def test_example_smoke(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get(
         "PYTHONPATH", "")])}

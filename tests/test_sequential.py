@@ -33,6 +33,7 @@ def pooled(name):
 
 @pytest.mark.parametrize("baseline", ["none", "loo"])
 @pytest.mark.parametrize("name", sorted(REGISTRY))
+@pytest.mark.slow
 def test_the_sequential_plan_is_unbiased(name, baseline):
     if pooled(name):
         pytest.skip("a cost pooling episodes needs the data flow: never sequential")

@@ -27,6 +27,7 @@ def policy(agents, seed=0):
 
 
 @pytest.mark.parametrize("agents", [2, 3])
+@pytest.mark.slow
 def test_estimator_equals_exact_gradient(agents):
     network, _ = make_network(agents, policy(agents))
     for baseline in ("none", "loo"):
@@ -95,6 +96,7 @@ def test_zoo_entry():
     assert "agent" in str(scg.derive(setup.network, *setup.example))
 
 
+@pytest.mark.slow
 def test_example_smoke(tmp_path):
     out = subprocess.run([sys.executable, "examples/shared_agents.py", "--smoke", "--out",
                           str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -255,6 +255,7 @@ def site_names(spec):
                      phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate],  # no shrinking
                      suppress_health_check=list(hypothesis.HealthCheck))
 @hypothesis.given(specs())
+@pytest.mark.slow
 def test_random_network_is_exact_or_refused(spec):
     params, tables, flat = parameters(spec)
     taus = enumerate_world(oracle(spec, params, tables, spec.arg))

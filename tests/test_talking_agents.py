@@ -77,6 +77,7 @@ def test_bad_input():
         Talk("split", 2, chain=[[0.5, 0.6], [0.5, 0.5]])
 
 
+@pytest.mark.slow
 def test_example_smoke(tmp_path):
     out = subprocess.run([sys.executable, "examples/talking_agents.py", "--smoke", "--out",
                           str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -5,6 +5,7 @@ No timing or variance targets are asserted here: those are measurements (benchma
 
 import math
 
+import pytest
 import torch
 
 import scg
@@ -17,6 +18,7 @@ def finite(x):
     return isinstance(x, float) and math.isfinite(x)
 
 
+@pytest.mark.slow
 def test_quick_run_reports_finite_numbers():
     res = run(quick=True)
     assert [t["rewards"] for t in res["random_networks"]] == ["normal", "uniform"]

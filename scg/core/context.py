@@ -117,6 +117,20 @@ def plate_shape(plates):
     return torch.Size(shape)
 
 
+def no_episodes_hint(plates, shape):
+    """The advice for a site whose batch shape has more leading dims than its ``plates`` imply
+    when no ``scg.episodes`` plate is among them (the plate forgotten, usually): the text to
+    append to the error ("" when an episodes plate is there or ``shape`` has no extra dim)."""
+    if any(kind == "episodes" for _, _, _, kind in plates):
+        return ""
+    extra = len(shape) - len(plate_shape(plates))
+    if extra <= 0:
+        return ""
+    return (f": no scg.episodes plate is open. Wrap the model's body in "
+            f"`with scg.episodes({shape[0]}):` (one episode per row of the batch; "
+            "scg.agents(N) for interacting entities)")
+
+
 def fast_path_frame(frame):
     """Whether the fast path reproduces handler ``frame``'s effect on an scg site: its class
     (not a subclass) declares ``scg_fast_path = True``, or it is ``poutine.mask``."""
@@ -132,6 +146,12 @@ def sample_site(name, fn, role, coagent=None, obs=None, **extra):
                        "Pyro distribution; use pyro.distributions (same names as "
                        "torch.distributions)")
     plates = tuple(active_plates())
+    if not plates and any(n != 1 for n in getattr(fn, "batch_shape", ())):
+        step = f" (step {run.t})" if run.in_steps else ""
+        raise ScgError(f"{role} {name!r}{step} has batch shape {tuple(fn.batch_shape)}, but no "
+                       "plate encloses it (every batch dimension must belong to a plate)"
+                       f"{no_episodes_hint(plates, fn.batch_shape)}; or, if these dims are "
+                       "one draw's event dims, move them to the right with .to_event()")
     infer = {"scg_role": role, "scg_coagent": coagent, "scg_plates": plates}
     infer.update(extra)
     if all(fast_path_frame(f) for f in _PYRO_STACK) and \

@@ -53,7 +53,7 @@ def compile(model, **options):
         objective: ``"sum"`` (default) or ``"mean"`` (finite-horizon average reward); for
             ``estimator="td"``, ``"sum"`` or ``"average"`` (continuing average reward).
         discount_score: True (default, the true gradient); False drops gamma^t from the score
-            terms (seed 000's rule, biased).
+            terms (a common rule, biased).
         decay: the ``avg`` baseline's decay, in [0, 1) (default 0.9).
         critic_hidden: hidden units of each coagent's critic (default 32).
         estimator: ``"mc"`` (default, the exact score-function surrogate) or ``"td"`` (online
@@ -120,7 +120,20 @@ class Estimator(torch.nn.Module):
 
     def parameters(self, coagent=None, recurse=True):
         """Model parameters reached from coagent ``coagent``'s sites (all coagents if None),
-        plus its critics' parameters. Known after the first call."""
+        plus its critics' parameters.
+
+        Known after the first call (a run meets them). Before it, a model that takes no
+        arguments is run once to meet them (:meth:`discover`: no baseline update, its draws
+        discarded); for a model that takes arguments this is an error saying to call
+        ``est(*args)`` or ``est.discover(*args)`` first (an optimiser built on an empty list
+        would fail inside torch, or never step a coagent met later)."""
+        if self.last_plan is None:
+            if not _takes_no_arguments(self.model):
+                raise ScgError(f"est.parameters(): {self._name()} has not run yet, and its "
+                               "parameters are met by running it (they are the ones its "
+                               "sites reach): call est(*args) or est.discover(*args) once "
+                               "before building an optimiser or reading its parameters")
+            self.discover()
         if coagent is not None and coagent not in self.coagent_parameters.by_coagent:
             raise ScgError(f"unknown coagent {coagent!r}; known: {self.coagents}")
         out = self.coagent_parameters.of(coagent)
@@ -136,6 +149,22 @@ class Estimator(torch.nn.Module):
         names = self.coagent_parameters.names()
         names.update({id(p): n for n, p in self.critics.named_parameters(prefix="critics")})
         return iter([(prefix + names[id(p)], p) for p in self.parameters(coagent)])
+
+    def zero_grad(self, set_to_none=True):
+        """As ``nn.Module.zero_grad``, over the parameters met so far (none before a run:
+        it never runs the model)."""
+        if self.last_plan is not None:
+            super().zero_grad(set_to_none)
+
+    def requires_grad_(self, requires_grad=True):
+        """As ``nn.Module.requires_grad_``, over the parameters met so far (none before a
+        run: it never runs the model)."""
+        if self.last_plan is not None:
+            super().requires_grad_(requires_grad)
+        return self
+
+    def _name(self):
+        return f"network {getattr(self.model, '__name__', 'the model')!r}"
 
     @property
     def coagents(self):
@@ -176,8 +205,10 @@ class Estimator(torch.nn.Module):
         return self.td.state(named) if self.td is not None else None
 
     def load_online_state(self, state, named):
-        """Restore :meth:`online_state`."""
-        if self.td is not None and state is not None:
+        """Restore :meth:`online_state` (None: a fresh start, no traces)."""
+        if self.td is not None and state is None:
+            self.td.reset()
+        elif self.td is not None:
             self.td.load_state(state, named)
 
     def __getstate__(self):

@@ -9,7 +9,7 @@ OPTIONS = {
     "gamma": 1.0,            # discount, in [0, 1]
     "baseline": "auto",      # auto (loo with >= 2 episodes, else avg) | none | avg | loo | critic
     "objective": "sum",      # sum | mean (finite-horizon average reward: (1/T) sum_t)
-    "discount_score": True,  # False: seed 000's common rule without gamma^t_s (biased)
+    "discount_score": True,  # False: the common rule without gamma^t_s (biased)
     "decay": 0.9,            # the avg baseline's decay
     "critic_hidden": 32,     # hidden units of each coagent's critic
     "estimator": "mc",       # mc (exact score-function surrogate) | td (online TD)

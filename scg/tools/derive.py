@@ -12,24 +12,22 @@ values its distribution reads, ``m_{t-k}`` for a read of step t - k) and output 
 Everything is read from the *rolled* graph (one rule per site name, not per step) and the causal
 pass of the unrolled run (which costs each site is credited with, from which step on). Patterns
 the option-critic is made of are recognised and named (Bacon, Harb & Precup 2017): a Bernoulli
-unit whose output is another unit's execution bit is a termination unit, the unit it drives a
+unit whose output is another unit's execution bit is a termination unit when it reads that
+unit's previous output (β(s_t, ω_{t−1})) or no earlier unit output at all, the unit it drives a
 policy over options, and a unit reading that unit's output an intra-option policy.
 """
 
 from dataclasses import dataclass, field
 
 from ..compiler.passes import roll, rolled_credit
+from ..errors import ScgError
 from ..estimators.estimator import compile
 
-BASELINES = {
-    "none": ("b = 0", "no baseline"),
-    "avg": ("b = decaying average of G", "a decaying average of past returns of this site, "
-            "updated after use"),
-    "loo": ("b = mean of G over the other episodes",
-            "the mean return of the same site in the other episodes of the batch "
-            "(leave-one-out, so it is independent of this episode)"),
-    "critic": ("b = V_i(x), a learned critic", "a critic regressing G on the coagent's "
-               "local state x (trained by the same loss)"),
+BASELINES = {   # the baseline line of a unit: b in symbols, then in words
+    "none": "b = 0 (no baseline)",
+    "avg": "b = a decaying average of this site's past G (updated after use)",
+    "loo": "b = the mean of G over the other episodes of the batch (leave-one-out)",
+    "critic": "b = V_i(x), a critic of the local state x regressed on G (in the local loss)",
 }
 LATER = "t'"  # the summation index of a return
 
@@ -125,7 +123,7 @@ class Derivation:
         lines.append(f"    return G{t} = {ret}")
         kind = self.baseline_of(u)
         shown = "" if kind == self.baseline else f"(auto → {kind}) "
-        lines.append(f"    baseline {shown}{BASELINES[kind][0]}: {BASELINES[kind][1]}")
+        lines.append(f"    baseline {shown}{BASELINES[kind]}")
         if u.dist == "Bernoulli":
             lines.append(f"    in expectation over {u.name}{t}: ∇P({u.name}{t}=1 | x{t}) · "
                          f"(E[G{t} | {u.name}{t}=1] − E[G{t} | {u.name}{t}=0])")
@@ -142,8 +140,8 @@ class Derivation:
         lines = [f"(γ = {self.gamma:g}; baseline {self.baseline}; Δθ is the ascent direction "
                  "on J, the negative gradient of the local loss)"]
         if not self.discount_score:
-            lines.append("(discount_score=False: seed 000's rule, without γ^t on the score "
-                         "term; biased for γ < 1)")
+            lines.append("(discount_score=False: the common rule without γ^t on the score term, "
+                         "as in many texts; not ∇J: biased for γ < 1)")
         if self.objective == "mean":
             lines.append("(objective='mean': every term is divided by the horizon T)")
         if self.estimator == "td":
@@ -387,7 +385,7 @@ def _read_options(r, out):
             continue
         for b in u.bit:
             if b in units and units[b][1].dist == "Bernoulli" and not r.nodes[b].get(
-                    "execution_of"):
+                    "execution_of") and _may_end(units[b][1], name, units):
                 units[b][1].reading = (
                     f"termination unit of {name}: E[G_t | {b}_t=1] − E[G_t | {b}_t=0] = "
                     f"V(s_t) − Q(s_t, {name}_{{t−1}}), so its expected update is "
@@ -401,18 +399,45 @@ def _read_options(r, out):
                                      "Bacon et al.'s intra-option policy gradient")
 
 
-def derive(model, *args, est=None, **kwargs):
+def _may_end(unit, name, units):
+    """Whether a bit unit gating ``name`` reads like a termination function β(s_t, ω_{t−1}):
+    it reads the option it may end (its earlier output), or no earlier output of any unit (an
+    online step, whose previous option comes in as an argument). A unit that reads another
+    unit's earlier output but not the option's is a gate of another kind."""
+    earlier = {x for x, lag in unit.inputs if lag is not None and lag >= 1 and x in units}
+    return name in earlier or not earlier
+
+
+def derive(model, *args, est=None, kwargs=None, **options):
     """Each coagent's learning rule (a :class:`Derivation`; ``print`` it, or ``.latex()``).
+
+    The rule is that of an estimator: ``est``, or ``scg.compile(model, **options)``. It takes
+    the compile options as ``scg.compile`` does, so ``scg.derive(model, *args)`` shows the
+    defaults (γ = 1, ``baseline="auto"``) and ``scg.derive(model, *args, gamma=0.9,
+    baseline="loo")`` the rule of ``scg.compile(model, gamma=0.9, baseline="loo")``. With the
+    signalling network of the first tutorial:
+
+    ```python
+    rules = scg.derive(signalling, state, gamma=0.9, baseline="loo")
+    assert rules.gamma == 0.9 and "leave-one-out" in str(rules)
+    ```
 
     Args:
         model: an ``@scg.network`` function.
         *args: its arguments (one run is traced to read the structure).
-        **kwargs: its keyword arguments.
-        est: a compiled estimator whose options (γ, baseline, estimator) the rule shows;
-            ``scg.compile(model)`` if None.
+        est: a compiled estimator whose options (γ, baseline, estimator, ...) the rule shows;
+            exclusive with ``options``.
+        kwargs: the model's keyword arguments, a dict (None: none).
+        **options: ``scg.compile`` options (``gamma``, ``baseline``, ``discount_score``,
+            ``objective``, ``estimator``, ...) of the estimator compiled when ``est`` is None.
+
+    References: Thomas & Barto 2011; Kostas, Nota & Thomas 2020; Bacon, Harb & Precup 2017.
     """
-    est = est or compile(model)
-    g = est.graph(*args, **kwargs)
+    if est is not None and options:
+        raise ScgError(f"scg.derive: give est= or compile options {sorted(options)}, not both "
+                       "(the rule is that of est, compiled with its own options)")
+    est = est if est is not None else compile(model, **options)
+    g = est.graph(*args, **(kwargs or {}))
     shared = {}
     for cs in est.shared.values():
         for c in cs:

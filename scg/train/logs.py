@@ -2,8 +2,8 @@
 bar, and the learning-curve plot.
 
 A metrics history is a list of dicts, one row per update (``step``, ``objective``, ``loss``,
-``loss/COAGENT``, ``lr/GROUP``, ...). TensorBoard and matplotlib are imported only when used:
-the first is optional, the second heavy.
+``loss/COAGENT``, ``lr/GROUP``, ...); the plot draws the objective. TensorBoard and matplotlib
+are imported only when used: the first is optional, the second heavy.
 """
 
 import csv
@@ -72,7 +72,12 @@ def progress_bar(enabled, total, initial):
 # ---- plot ------------------------------------------------------------------------------------
 def plot(history, path, smooth=20):
     """Plot a metrics history (a list of dicts, or a CSV path) to ``path``: the estimated
-    return per update with its moving average, and each coagent's local loss."""
+    return per update with its moving average.
+
+    The local losses are not drawn: the value of one is minus the costs its coagent owns and an
+    even share of those nobody owns (rewards), a share of −J that does not tell how the
+    coagent learns (only its gradient does), and with rewards alone the curves lie on one
+    another. They stay in the history and the CSV (``loss/COAGENT``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -83,7 +88,7 @@ def plot(history, path, smooth=20):
     if not history:
         raise ScgError("plot: the metrics history is empty")
     steps = [r["step"] for r in history]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, a = plt.subplots(figsize=(6, 3.8))
     ys = [r["objective"] for r in history]
     a.plot(steps, ys, alpha=0.35, label="estimate of J per update")
     k = max(1, min(smooth, len(ys)))
@@ -91,11 +96,6 @@ def plot(history, path, smooth=20):
     a.set_xlabel("update")
     a.set_ylabel("return")
     a.legend()
-    for key in sorted({k for r in history for k in r if k.startswith("loss/")}):
-        b.plot(steps, [r.get(key, float("nan")) for r in history], label=key[5:])
-    b.set_xlabel("update")
-    b.set_ylabel("local loss")
-    b.legend(fontsize=8)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -13,6 +13,7 @@ far, and the random state of torch, Python and numpy. The trainer reads the esti
 through its public surface.
 """
 
+import functools
 import os
 import time
 
@@ -21,7 +22,7 @@ import torch
 
 from ..errors import ScgError
 from ..estimators.estimator import Estimator, compile
-from . import checkpoint, logs, optimizers
+from . import checkpoint, distributed, logs, optimizers
 
 
 class Trainer:
@@ -60,15 +61,27 @@ class Trainer:
             name parameters by module path instead of by discovery order.
         done: ``estimator="td"`` only: ``done(out) -> bool [N] or None`` after each window.
         callback: ``callback(trainer, out, row)`` after every update, with the update's
-            :class:`scg.Output` (``out.value`` is the network's return value) and its metrics
-            row; numbers it adds to ``row`` are logged like the others (CSV, TensorBoard).
+            :class:`scg.Output` (``out.value`` is the network's return value; None with
+            workers, where the runs happen elsewhere) and its metrics row; numbers it adds
+            to ``row`` are logged like the others (CSV, TensorBoard).
+        workers, backend: ``workers > 1`` or ``backend="ray"`` trains on Ray
+            (:mod:`scg.train.distributed`): each update is ``chunks`` independent calls of
+            the network (default 4, each on ``inputs(update)`` with a seed drawn from
+            ``(seed, update, chunk)``) in worker actors, their gradients averaged in chunk
+            order, so the result does not depend on the number of workers.
+        sync: False applies each chunk's gradient as it arrives (``max_staleness``: drop
+            gradients computed with parameters more than this many versions old);
+            ``trainer.arrivals`` logs the order, ``replay=`` a log to reproduce a run.
+        address: join the Ray cluster at this address; by default scg starts one on
+            127.0.0.1 (and stops it in :meth:`close`).
         **options: compile options when ``model`` is a network (``gamma``, ``baseline``, ...).
     """
 
     def __init__(self, model, inputs, *, optimizer="adam", lr=0.01, per_coagent=False,
                  schedule=None, seed=None, out=None, checkpoint_every=0, progress=True,
                  tensorboard=False, max_grad_norm=None, modules=None, callback=None,
-                 done=None, **options):
+                 done=None, workers=1, backend=None, sync=True, address=None,
+                 max_staleness=None, chunks=None, replay=None, **options):
         if isinstance(model, Estimator):
             if options:
                 raise ScgError(f"compile options {sorted(options)} given with an already "
@@ -95,6 +108,10 @@ class Trainer:
         self.tensorboard, self.modules, self.callback = tensorboard, modules, callback
         self.step, self.history, self.groups = 0, [], None
         self._writer, self._total, self._schedule = None, None, None
+        self.seed = 0 if seed is None else int(seed)
+        self.distribution = _distribution(workers, backend, sync, address, max_staleness,
+                                          chunks, replay, self.est)
+        self.pool, self.chunk_td, self.arrivals, self.dropped = None, None, [], 0
         if seed is not None:
             pyro.set_rng_seed(seed)
 
@@ -114,6 +131,8 @@ class Trainer:
         self.groups = optimizers.make_groups(self.est, self.optimizer, self.lr,
                                              self.per_coagent, self._factor)
         self._known = {id(p) for ps, _, _ in self.groups.values() for p in ps}
+        if self.distribution is not None:
+            self._start_workers()
 
     def _check_known(self):
         """A window may reach parameters the set-up run did not (a coagent that acts only
@@ -138,6 +157,8 @@ class Trainer:
     # ---- one update --------------------------------------------------------------------------
     def update(self):
         """One run, one gradient step on every group; returns the metrics row."""
+        if self.pool is not None:
+            return self._update_sync() if self.distribution["sync"] else self._update_async()
         t0 = time.perf_counter()
         out = self.est(*self._args(self.step))
         ended = self._end_episodes(out) if self.est.online else None
@@ -257,7 +278,7 @@ class Trainer:
         return self._writer
 
     def plot(self, path=None, smooth=20):
-        """The learning curve (estimated return, and each coagent's local loss) as a PNG."""
+        """The learning curve (the estimated return and its moving average) as a PNG."""
         return logs.plot(self.history,
                          path or os.path.join(self.out or ".", "learning_curve.png"), smooth)
 
@@ -270,16 +291,112 @@ class Trainer:
 
     def _parameters(self):
         """Name -> parameter: module paths when ``modules`` is given, else discovery order."""
-        if self.modules is not None:
-            mods = self.modules if isinstance(self.modules, dict) else {"model": self.modules}
-            return {f"{k}.{n}": p for k, m in mods.items() for n, p in m.named_parameters()}
-        critics = {id(p) for p in self.est.critics.parameters()}
-        model = [p for p in self.est.parameters() if id(p) not in critics]
-        ps = {id(p): p for p in model + self.est.critic_parameters()}
-        return {f"p{i}": p for i, p in enumerate(ps.values())}
+        return parameter_names(self.est, self.modules)
+
+    # ---- workers (scg.train.distributed) ----------------------------------------------------
+    def _start_workers(self):
+        d = self.distribution
+        distributed.check_inputs(self.inputs, self.est)
+        cluster = distributed.Cluster(d["address"])
+        chunks = distributed.Chunks(self.est, self.inputs, self.done,
+                                    functools.partial(parameter_names, modules=self.modules))
+        self.chunks = chunks
+        self.pool = distributed.Pool(chunks, d["workers"], cluster, self.modules)
+        if self.chunk_td is None:
+            self.chunk_td = [None] * d["chunks"]
+        self.inflight = {}   # async: task number -> (future, worker, parameter version)
+        self.version, self.tasks = 0, 0
+
+    def close(self):
+        """Stop the workers (and the local Ray runtime, if scg started it)."""
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+
+    def _common(self):
+        """What every chunk needs of the learner: parameters by name and baseline state."""
+        return distributed.put({
+            "params": {k: p.detach().clone() for k, p in self.chunks.params().items()},
+            "baseline": self.est.baseline.state()})
+
+    def _apply(self, results, t0):
+        """Set the mean of the chunks' gradients (summed in chunk order), take the baseline
+        state they leave, clip and step; the metrics row."""
+        named = self.chunks.params()
+        for _, opt, _ in self.groups.values():
+            opt.zero_grad(set_to_none=True)
+        for k, p in named.items():
+            gs = [r["grads"][k] for r in results if r["grads"][k] is not None]
+            if gs:
+                total = gs[0].clone()
+                for g in gs[1:]:
+                    total += g
+                p.grad = total / len(results)
+        self.est.baseline.load_state(distributed.mean_state([r["baseline"] for r in results]))
+        self._clip()
+        used = self._step()
+        row = {"step": self.step}
+        for key in results[0]["row"]:
+            row[key] = sum(r["row"][key] for r in results) / len(results)
+        row.update({f"lr/{g}": lr for g, lr in used.items()})
+        row["seconds"] = time.perf_counter() - t0
+        return row
+
+    def _update_sync(self):
+        """One update from ``chunks`` chunks, whatever worker computes each."""
+        t0 = time.perf_counter()
+        common = self._common()
+        C = self.distribution["chunks"]
+        td = self.chunk_td if self.chunk_td is not None else [None] * C
+        tasks = [(self.step, distributed.chunk_seed(self.seed, self.step, c), common, td[c])
+                 for c in range(C)]
+        results = self.pool.map(tasks)
+        self.chunk_td = [r["td"] for r in results]
+        return self._finish(self._apply(results, t0))
+
+    def _update_async(self):
+        """Apply the next gradient to arrive (or, replaying, the next in ``replay``) if it is
+        at most ``max_staleness`` parameter versions old; send that worker new work."""
+        t0 = time.perf_counter()
+        d = self.distribution
+        while len(self.inflight) < d["workers"]:
+            self._dispatch(len(self.inflight) % d["workers"])
+        if d["replay"] is not None:
+            n = d["replay"][len(self.arrivals)]
+        else:
+            ref = distributed.wait_one([f for f, _, _ in self.inflight.values()])
+            n = next(k for k, (f, _, _) in self.inflight.items() if f == ref)
+        future, worker, version = self.inflight.pop(n)
+        result = distributed.get(future)
+        stale = self.version - version
+        self.arrivals.append(n)
+        if d["max_staleness"] is not None and stale > d["max_staleness"]:
+            self.dropped += 1
+            row = {"step": self.step, **result["row"], "applied": 0}
+        else:
+            row = {**self._apply([result], t0), "applied": 1}
+            self.version += 1
+        row.update({"task": n, "staleness": stale, "dropped": self.dropped})
+        self._dispatch(worker)
+        return self._finish(row)
+
+    def _dispatch(self, worker):
+        n = self.tasks
+        task = (n, distributed.chunk_seed(self.seed, n, 0), self._common(), None)
+        self.inflight[n] = (self.pool.submit(worker, task), worker, self.version)
+        self.tasks += 1
+
+    def _finish(self, row):
+        self.step += 1
+        if self.callback is not None:
+            self.callback(self, None, row)
+        return row
 
     def state_dict(self):
         """Everything an exact resume needs."""
+        if self.pool is not None and not self.distribution["sync"]:
+            raise ScgError("checkpoints of asynchronous runs (sync=False) are not supported: "
+                           "gradients in flight would be lost; use sync=True to resume exactly")
         named = self._parameters()
         kept = {id(p) for p in named.values()} | {id(p) for p in self.est.critics.parameters()}
         lost = sorted(g for g, (ps, _, _) in self.groups.items() if any(id(p) not in kept
@@ -296,7 +413,7 @@ class Trainer:
                 "rng": checkpoint.rng_state(),
                 "td": self.est.online_state(named),
                 "inputs": self.inputs.state_dict() if hasattr(self.inputs, "state_dict")
-                else None}
+                else None, "chunk_td": self.chunk_td}
 
     def load_state_dict(self, state, total=None):
         """Restore a :meth:`state_dict`; ``total``: the updates the run will go to (only
@@ -325,6 +442,7 @@ class Trainer:
                                "inputs have no load_state_dict")
             self.inputs.load_state_dict(state["inputs"])
         self.step, self.history = state["step"], list(state["history"])
+        self.chunk_td = state.get("chunk_td")
         checkpoint.set_rng_state(state["rng"])
         if self.out is not None and self.history:
             logs.write_csv(os.path.join(self.out, "metrics.csv"), self.history)
@@ -343,6 +461,42 @@ class Trainer:
             return False
         self.load_state_dict(checkpoint.load(path), total)
         return True
+
+
+def parameter_names(est, modules=None):
+    """Name -> parameter of what a trainer trains and checkpoints: module paths when
+    ``modules`` is given, else ``p0, p1, ...`` in discovery order (critics travel in the
+    estimator's own state)."""
+    if modules is not None:
+        mods = modules if isinstance(modules, dict) else {"model": modules}
+        return {f"{k}.{n}": p for k, m in mods.items() for n, p in m.named_parameters()}
+    critics = {id(p) for p in est.critics.parameters()}
+    model = [p for p in est.parameters() if id(p) not in critics]
+    ps = {id(p): p for p in model + est.critic_parameters()}
+    return {f"p{i}": p for i, p in enumerate(ps.values())}
+
+
+def _distribution(workers, backend, sync, address, max_staleness, chunks, replay, est):
+    """The validated worker options, or None to train in this process."""
+    if not isinstance(workers, int) or workers < 1:
+        raise ScgError(f"workers must be a positive int, got {workers!r}")
+    if backend not in (None, "ray"):
+        raise ScgError(f"unknown backend {backend!r}; valid: 'ray'")
+    if workers == 1 and backend is None:
+        if address is not None or chunks is not None or not sync or replay is not None:
+            raise ScgError("address=, chunks=, sync=False and replay= are for workers "
+                           "(workers > 1 or backend='ray')")
+        return None
+    chunks = 4 if chunks is None else chunks
+    if not isinstance(chunks, int) or chunks < 1:
+        raise ScgError(f"chunks must be a positive int, got {chunks!r}")
+    if max_staleness is not None and (not isinstance(max_staleness, int) or max_staleness < 0):
+        raise ScgError(f"max_staleness must be None or an int >= 0, got {max_staleness!r}")
+    if not sync and est.online:
+        raise ScgError("sync=False is for the Monte Carlo estimator: online traces follow "
+                       "one stream of windows (use sync=True with workers)")
+    return {"workers": workers, "sync": bool(sync), "address": address, "chunks": chunks,
+            "max_staleness": max_staleness, "replay": replay}
 
 
 def train(model, inputs, updates, resume=True, **kwargs):
