@@ -141,8 +141,11 @@ def main():
     ap.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results.json"))
     ap.add_argument("--docs", default=str(ROOT / "docs" / "performance.md"))
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch intra-op threads (default 1: these models' ops are small, and "
+                         "a second thread on a busy core makes them wait)")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     chains = [10, 100] if args.quick else [10, 100, 1000] + ([10000] if args.full else [])
     results = {"machine": f"{platform.processor() or platform.machine()}, "

@@ -109,6 +109,13 @@ def parser():
     t.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
     t.add_argument("--tensorboard", action="store_true")
     t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--workers", type=int, default=1,
+                   help="train on this many Ray workers (pip install 'scg[ray]')")
+    t.add_argument("--chunks", type=int, default=None,
+                   help="with --workers: calls of the network per update (default 4)")
+    t.add_argument("--address", default=None,
+                   help="with --workers: join this Ray cluster (default: a local one on "
+                        "127.0.0.1)")
 
     r = sub.add_parser("render", help="draw the network with graphviz")
     _model(r)
@@ -165,13 +172,21 @@ def train(args):
     out = args.out or os.path.join("runs", _slug(args.model))
     needs = kw.pop("per_coagent", False)   # a model's defaults may need it
     per_coagent = args.per_coagent or needs
+    if args.workers > 1:
+        kw.update(workers=args.workers, backend="ray", chunks=args.chunks,
+                  address=args.address)
+    elif args.chunks is not None or args.address is not None:
+        raise ScgError("--chunks and --address are for --workers N (N > 1)")
     trainer = Trainer(s.network, s.inputs, seed=args.seed, out=out, modules=s.modules,
                       checkpoint_every=args.checkpoint_every, progress=not args.no_progress,
                       tensorboard=args.tensorboard, per_coagent=per_coagent, **kw, **options)
-    if not args.no_resume and trainer.resume(total=updates):
-        print(f"resumed from {trainer.checkpoint_path} at update {trainer.step}")
-    history = trainer.fit(updates)
-    trainer.save()
+    try:
+        if not args.no_resume and trainer.resume(total=updates):
+            print(f"resumed from {trainer.checkpoint_path} at update {trainer.step}")
+        history = trainer.fit(updates)
+        trainer.save()
+    finally:
+        trainer.close()
     plot = trainer.plot()
     last = history[-min(len(history), 20):]
     mean = sum(r["objective"] for r in last) / max(len(last), 1)
