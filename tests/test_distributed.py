@@ -62,6 +62,7 @@ def trained(workers, updates=4, kill_at=None, **kw):
         t.close()
 
 
+@pytest.mark.slow
 def test_sync_parameters_do_not_depend_on_workers_or_a_killed_worker(cluster):
     one, _ = trained(1)
     two, pids = trained(2)
@@ -74,6 +75,7 @@ def test_sync_parameters_do_not_depend_on_workers_or_a_killed_worker(cluster):
         assert torch.equal(one[k], killed[k]), k
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_a_run_on_workers_resumes_exactly(cluster, tmp_path):
     def trainer(out):
         walk, modules = walk_network()
@@ -100,6 +102,7 @@ def test_a_checkpoint_of_a_run_on_workers_resumes_exactly(cluster, tmp_path):
         assert torch.equal(a, b), n
 
 
+@pytest.mark.slow
 def test_sync_equals_a_plain_loop_over_the_same_chunks(cluster):
     """The oracle: each update, 4 calls of the network with the chunk seeds, gradients
     averaged, one SGD step (loo needs no state)."""
@@ -138,6 +141,7 @@ def walk_inputs(step):
     return torch.arange(6) % 4   # every window starts from the same cells
 
 
+@pytest.mark.slow
 def test_online_traces_travel_with_each_chunk(cluster):
     """estimator='td' with workers: each chunk keeps its own traces in the learner; equal to a
     plain loop over one estimator per chunk, whose traces live in the process."""
@@ -165,6 +169,7 @@ def test_online_traces_travel_with_each_chunk(cluster):
         assert torch.allclose(got[n], p, atol=1e-12), n
 
 
+@pytest.mark.slow
 def test_async_learns_and_replays(cluster):
     def run(replay=None):
         game, modules = signalling(seed=1)
