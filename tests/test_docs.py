@@ -151,6 +151,7 @@ def test_there_are_runnable_pages():
 
 
 @pytest.mark.parametrize("page", PAGES, ids=[p.stem for p in PAGES])
+@pytest.mark.slow
 def test_page_runs_and_shows_what_it_prints(page):
     failures = []
     for b, printed in run_page(page):
