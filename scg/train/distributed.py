@@ -237,14 +237,13 @@ class Pool:
         self.cluster.shutdown()
 
 
-def check_inputs(inputs, est):
+def check_inputs(inputs):
     """Workers call ``inputs(update)`` themselves: an inputs object with state (an
     environment driver) would be stepped in each worker separately."""
     if hasattr(inputs, "state_dict") or hasattr(inputs, "advance"):
         raise ScgError("workers > 1 need inputs that are a function of the update number (or "
                        "fixed args): an inputs object with state (state_dict/advance, an "
                        "environment driver) would be stepped in every worker separately")
-    del est
 
 
 def put(obj):

@@ -296,7 +296,7 @@ class Trainer:
     # ---- workers (scg.train.distributed) ----------------------------------------------------
     def _start_workers(self):
         d = self.distribution
-        distributed.check_inputs(self.inputs, self.est)
+        distributed.check_inputs(self.inputs)
         cluster = distributed.Cluster(d["address"])
         chunks = distributed.Chunks(self.est, self.inputs, self.done,
                                     functools.partial(parameter_names, modules=self.modules))
