@@ -188,8 +188,11 @@ def env(name, fn):
     return sample_site(name, fn, "env").detach()
 
 
-def predict(name, fn, obs=None, coagent=None, weight=1.0):
-    """A predictor: ``weight * log p(obs)`` is a cost for upstream sites and a supervised term."""
+def predict(name, fn, obs=None, coagent=None, weight=1.0, to=None):
+    """A predictor: ``weight * log p(obs)`` is a cost for upstream sites and a supervised term.
+
+    ``to``: the coagents whose objective the cost enters (default: all; design.md §8); the
+    predictor's own coagent must be among them (its supervised term trains its parameters)."""
     _check_name(name)
     if obs is None:
         raise ScgError(f"predict {name!r} needs obs= (the value it predicts)")
@@ -197,7 +200,12 @@ def predict(name, fn, obs=None, coagent=None, weight=1.0):
     if coagent is None:
         raise ScgError(f"predict {name!r} has no coagent: pass coagent='...'")
     _check_coagent(coagent, f"predict {name!r}")
-    sample_site(name, fn, "predict", coagent, obs=obs, scg_weight=float(weight))
+    to = addressed(to, f"predict {name!r}")
+    if to is not None and coagent not in to:
+        raise ScgError(f"predict {name!r} belongs to coagent {coagent!r} but is addressed to "
+                       f"{list(to)}: its supervised term trains {coagent!r}'s parameters, so "
+                       f"{coagent!r} must be among to=")
+    sample_site(name, fn, "predict", coagent, obs=obs, scg_weight=float(weight), scg_to=to)
     return obs
 
 
@@ -207,8 +215,31 @@ def as_tensor(x):
     return x if isinstance(x, torch.Tensor) else torch.as_tensor(x)
 
 
-def _value_site(name, value, role, coagent=None):
+def addressed(to, where):
+    """``to=`` of a cost site as a sorted tuple of coagent names, or None (every coagent: the
+    shared objective)."""
+    if to is None:
+        return None
+    names = [to] if isinstance(to, str) else to
+    try:
+        names = list(names)
+    except TypeError:
+        names = [names]
+    if not names or not all(isinstance(n, str) and n for n in names):
+        raise ScgError(f"{where}: to= must be a coagent name or a non-empty list of them, got "
+                       f"{to!r}")
+    for n in names:
+        _check_coagent(n, where)
+    return tuple(sorted(set(names)))
+
+
+def _value_site(name, value, role, coagent=None, to=None):
     _check_name(name)
+    to = addressed(to, f"{role} {name!r}")
+    if to is not None and coagent is not None and coagent not in to:
+        raise ScgError(f"{role} {name!r} belongs to coagent {coagent!r} but is addressed to "
+                       f"{list(to)}: its pathwise gradient trains {coagent!r}'s parameters, so "
+                       f"{coagent!r} must be among to=")
     value = as_tensor(value)
     if not value.is_floating_point():
         value = value.to(torch.get_default_dtype())
@@ -218,25 +249,30 @@ def _value_site(name, value, role, coagent=None):
         raise ScgError(f"{role} {name!r} has shape {tuple(value.shape)}, but its plates imply "
                        f"batch shape {tuple(shape)}{no_episodes_hint(plates, value.shape)}")
     fn = dist.Delta(value.expand(shape) if value.shape != shape else value, validate_args=False)
-    sample_site(name, fn, role, coagent, obs=value, scg_value_shape=tuple(value.shape))
+    sample_site(name, fn, role, coagent, obs=value, scg_value_shape=tuple(value.shape),
+                scg_to=to)
     return value
 
 
-def reward(name, value):
-    """An environment reward. It carries no gradient: a value that requires grad is an error."""
+def reward(name, value, to=None):
+    """An environment reward. It carries no gradient: a value that requires grad is an error.
+
+    ``to``: the coagent (or list of coagents) whose objective it enters; default: every
+    coagent's (the shared J). With ``to=``, coagent i climbs J_i, the costs addressed to it
+    (design.md §8)."""
     if isinstance(value, torch.Tensor) and value.requires_grad:
         raise ScgError(f"reward {name!r} requires grad: rewards carry no gradient; use "
                        "scg.cost for a differentiable objective term")
-    return _value_site(name, value, "reward")
+    return _value_site(name, value, "reward", to=to)
 
 
-def cost(name, value, coagent=None):
+def cost(name, value, coagent=None, to=None):
     """A differentiable objective term (pathwise gradient), also credited to upstream sites.
 
     Its pathwise gradient belongs to ``coagent``'s local loss; if omitted, to the one coagent
-    whose parameters it reaches.
+    whose parameters it reaches. ``to``: as for :func:`reward`.
     """
-    return _value_site(name, value, "cost", coagent)
+    return _value_site(name, value, "cost", coagent, to=to)
 
 
 def value(name, v):

@@ -23,7 +23,7 @@ def build(sites, parents, masks=None, bits=None, reads=None, worlds=None):
     for w, a in (worlds or {}).items():
         g.add_node(w, role="escape", coagent=None, time=a["time"], order=a["order"],
                    plates=(), shape=(), dist="escape", reparam=False, execute=None,
-                   execution_of=None, base=w, via=a.get("via"))
+                   execution_of=None, base=w, via=a.get("via"), to=None, unit=None)
     for w, a in (worlds or {}).items():
         for p in a["parents"]:
             g.add_edge(p, w, mask=False, execute=False, reads=False)
@@ -32,7 +32,8 @@ def build(sites, parents, masks=None, bits=None, reads=None, worlds=None):
                    plates=s.plates, shape=tuple(s.fn.batch_shape), dist=type(s.fn).__name__,
                    reparam=bool(s.infer.get("scg_reparam", False)),
                    execute=_execute(s), execution_of=s.infer.get("scg_execution_of"),
-                   base=s.infer.get("scg_base", s.name))
+                   base=s.infer.get("scg_base", s.name), to=s.infer.get("scg_to"),
+                   unit=s.infer.get("scg_unit_coagent"))
     for s in sites:
         for p in parents.get(s.name, ()):
             if p in g and p != s.name:
@@ -93,6 +94,19 @@ def downstream_costs(g):
     cs = costs(g)
     bits = downstream_bitsets(g, cs)
     return {s: [cs[k] for k in bitset_members(bits[s])] for s in stochastic(g)}
+
+
+def credited_costs(g):
+    """For each stochastic site, the costs it is credited with, in execution order: its
+    ``downstream`` set where the passes have run (:func:`scg.compiler.passes.causal`, masked
+    per objective by :func:`scg.compiler.passes.objectives`), else its descendants
+    (:func:`downstream_costs`)."""
+    order = g.graph.get("costs")
+    if order is None:
+        return downstream_costs(g)
+    at = lambda c: g.nodes[c]["order"]  # noqa: E731
+    return {s: sorted((order[k] for k in bitset_members(g.nodes[s]["downstream"])), key=at)
+            for s in stochastic(g)}
 
 
 def downstream_bitsets(g, targets):

@@ -47,6 +47,23 @@ def find(sites):
     return Owners(reach, values, _cost_owners(sites, reach))
 
 
+def check_objectives(found, objectives):
+    """Refuse a parameter reached by coagents with different objectives (design.md §8): one
+    tensor cannot climb J_A and J_B at once. ``objectives``: coagent -> its objective's cost
+    bitset (:func:`scg.compiler.passes.objectives`), None for the shared J."""
+    if objectives is None:
+        return
+    seen = {}   # id(p) -> first coagent reaching it
+    for c, ps in found.reach.items():
+        for k, p in ps.items():
+            other = seen.setdefault(k, c)
+            if other != c and objectives.get(other) != objectives.get(c):
+                raise ScgError(f"a parameter of shape {tuple(p.shape)} is reached by coagents "
+                               f"{other!r} and {c!r}, which climb different objectives (to= "
+                               "addresses different costs to them): one parameter cannot climb "
+                               "both; give each coagent its own parameters")
+
+
 def _cost_owners(sites, reach):
     owner = {}
     for s in sites:

@@ -23,10 +23,10 @@ the graph with ``execution_of`` set and an ``execute`` edge to its unit.
 import networkx as nx
 
 from ..errors import ScgError
-from .graph import cost_order, downstream_bitsets, downstream_costs, stochastic
+from .graph import cost_order, credited_costs, downstream_bitsets, stochastic
 
 KEEP = ("role", "coagent", "dist", "reparam", "execution_of", "execute", "plates", "shape",
-        "owner")
+        "owner", "to", "unit")
 FLAGS = ("mask", "execute", "reads")  # edge flags kept when rolling: true if any occurrence
 
 
@@ -75,6 +75,51 @@ def sequential(g):
     return h
 
 
+def climber(attrs):
+    """The coagent whose objective a node's coagent climbs: an execution coagent climbs its
+    unit's (design.md §8), every other coagent its own."""
+    return attrs.get("unit") or attrs["coagent"]
+
+
+def objectives(g):
+    """The objectives pass (after :func:`causal` or :func:`sequential`): a new graph in which
+    every stochastic site's ``downstream`` keeps only the costs of its coagent's objective J_i
+    (every cost without ``to=`` and those addressed to i), and ``reach`` keeps the unmasked set
+    (the any-order estimator's magic boxes need every cost a site influences, whoever climbs
+    it). ``h.graph["objectives"]``: coagent -> bitset of its objective's costs over
+    ``h.graph["costs"]``, or None when no cost has ``to=`` (the shared J: nothing changes).
+    A cost addressed to a coagent with no site in the run is an error naming both."""
+    h = g.copy()
+    order = g.graph["costs"]
+    attrs = dict(g.nodes(data=True))
+    coagents = sorted({a["coagent"] for a in attrs.values() if a["coagent"] is not None})
+    climbers = {climber(a) for a in attrs.values() if a["coagent"] is not None}
+    for n in stochastic(g):
+        h.nodes[n]["reach"] = g.nodes[n]["downstream"]
+    if all(attrs[c].get("to") is None for c in order):
+        h.graph["objectives"] = None
+        return h
+    everyone = 0
+    for k, c in enumerate(order):
+        a = attrs[c]
+        for x in a["to"] or ():
+            if x not in climbers:
+                step = f" (step {a['time']})" if "@" in c else ""
+                raise ScgError(f"{a['role']} {c!r}{step} is addressed to coagent {x!r}, which "
+                               f"has no site in this run (coagents: {sorted(climbers)})")
+        if a["to"] is None:
+            everyone |= 1 << k
+    bits = {}
+    for x in coagents:
+        who = climber(next(a for a in attrs.values() if a["coagent"] == x))
+        bits[x] = everyone | sum(1 << k for k, c in enumerate(order)
+                                 if attrs[c]["to"] is not None and who in attrs[c]["to"])
+    for n in stochastic(g):
+        h.nodes[n]["downstream"] = g.nodes[n]["downstream"] & bits[attrs[n]["coagent"]]
+    h.graph["objectives"] = bits
+    return h
+
+
 def split(name):
     """``"m@3"`` -> ``("m", 3)``; a name outside ``scg.steps`` -> ``(name, None)``."""
     base, at, t = name.rpartition("@")
@@ -119,7 +164,7 @@ def rolled_credit(g):
     """Rolled credit of an unrolled graph: ``{(site, cost): lags}`` over base names, where a lag
     k means the site at step t is credited with the cost at step t + k."""
     out = {}
-    for s, cs in downstream_costs(g).items():
+    for s, cs in credited_costs(g).items():
         bs, ts = split(s)
         for c in cs:
             bc, tc = split(c)

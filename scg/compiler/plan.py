@@ -107,6 +107,7 @@ class Plan:
     coef: list         # per cost group, tensor [n]
     cost_owner: list   # per cost group, list of coagent index or -1
     site_owner: list   # per site group, list of coagent index
+    objectives: list = None  # per coagent, per cost group: 1 where the cost is in its J_i
     _cache: dict = field(default_factory=dict)
 
     def on(self, device, dtype):
@@ -121,6 +122,8 @@ class Plan:
                 "coef": [mv(c) for c in self.coef],
                 "site_owner": [torch.tensor(o, device=device) for o in self.site_owner],
                 "cost_owner": [_owners(o, device) for o in self.cost_owner],
+                "objectives": None if self.objectives is None else
+                [torch.stack([mv(m[j]) for m in self.objectives]) for j in range(len(self.coef))],
             }
         return self._cache[key]
 
@@ -164,10 +167,21 @@ def build(g, gamma, objective="sum", discount_score=True):
                            for s in sg.names], dtype=torch.float64) for sg in site_groups]
     coef = [torch.tensor([gamma ** t(c) * cscale[c] for c in cg.names], dtype=torch.float64)
             for cg in cost_groups]
-    owner = lambda c: index.get(attrs[c].get("owner", attrs[c]["coagent"]), -1)  # noqa: E731
+    bits = g.graph.get("objectives")
+    pos = {c: k for k, c in enumerate(g.graph["costs"])}
+    member = lambda x, c: bits is None or bool(bits[x] >> pos[c] & 1)  # noqa: E731
+
+    def owner(c):   # the coagent whose local loss takes c's pathwise term (-1: none)
+        x = attrs[c].get("owner", attrs[c]["coagent"])
+        return index[x] if x in index and member(x, c) else -1
+
+    objectives = None if bits is None else [
+        [torch.tensor([float(member(x, c)) for c in cg.names], dtype=torch.float64)
+         for cg in cost_groups] for x in coagents]
     return Plan(g, coagents, site_groups, cost_groups, credit, scans, kappa, coef,
                 [[owner(c) for c in cg.names] for cg in cost_groups],
-                [[index[attrs[s]["coagent"]] for s in sg.names] for sg in site_groups])
+                [[index[attrs[s]["coagent"]] for s in sg.names] for sg in site_groups],
+                objectives)
 
 
 def _groups(names, attrs):

@@ -39,7 +39,8 @@ def asynchronous_message(name, fn, coagent, execute, init, reparam, state=None):
     where = f"message {name!r} (step {run.t})"
     batch = fn.batch_shape
     last = previous_step(run, name, init, where)
-    bit, source = execution_bit(name, execute, batch, where, device_of(fn), float_dtype_of(fn))
+    bit, source = execution_bit(name, execute, batch, where, device_of(fn), float_dtype_of(fn),
+                                coagent)
     with poutine.mask(mask=bit):
         draw = sample_site(name, fn, "message", coagent, scg_reparam=bool(reparam),
                            scg_execute=source, scg_bit=bit, scg_state=state)
@@ -88,7 +89,7 @@ def float_dtype_of(fn):
     return torch.get_default_dtype()
 
 
-def execution_bit(name, execute, batch, where, device=None, dtype=None):
+def execution_bit(name, execute, batch, where, device=None, dtype=None, unit=None):
     """The bool execution bit of site ``name`` and where it came from.
 
     A floating ``execute`` is a probability: the execution coagent ``name.exec`` (a Bernoulli
@@ -96,6 +97,7 @@ def execution_bit(name, execute, batch, where, device=None, dtype=None):
     drawn (another coagent's output). ``None`` (only ``init`` given) executes always.
     Tensors made here (the bit of ``None``, a Python bool or number) are on ``device`` (the
     unit's distribution's, :func:`device_of`); a Python number is a probability in ``dtype``.
+    ``unit``: the unit's coagent, whose objective the execution coagent climbs (design.md §8).
     """
     device = torch.get_default_device() if device is None else device
     if execute is None:
@@ -123,7 +125,7 @@ def execution_bit(name, execute, batch, where, device=None, dtype=None):
         _check_probability(execute, where)   # Bernoulli's own validation (if on) does it
     exec_name = f"{name}.exec"
     e = sample_site(exec_name, dist.Bernoulli(probs=execute.expand(batch)), "message", exec_name,
-                    scg_execution_of=name)
+                    scg_execution_of=name, scg_unit_coagent=unit)
     return e.detach().bool(), exec_name
 
 

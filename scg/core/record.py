@@ -52,7 +52,7 @@ class Site:
         """This site's part of the structure signature."""
         return (self.name, self.role, self.coagent, self.time, self.fn.batch_shape,
                 self.plates, type(self.fn), self.mask is not None,
-                self.infer.get("scg_reparam", False))
+                self.infer.get("scg_reparam", False), self.infer.get("scg_to"))
 
 
 class Recorder(Messenger):

@@ -265,7 +265,8 @@ class Estimator(torch.nn.Module):
         self.coagent_parameters.add(found)
         check_sites(sites, None)
         g = build_graph(sites, {})
-        g = passes.sequential(passes.owned(g, found.cost_owner))
+        g = passes.objectives(passes.sequential(passes.owned(g, found.cost_owner)))
+        owners.check_objectives(found, g.graph["objectives"])
         plan = build_plan(g, self.gamma, self.options["objective"],
                           self.options["discount_score"])
         plan.flow = None
@@ -312,7 +313,8 @@ class Estimator(torch.nn.Module):
         self.coagent_parameters.add(found)
         g = build_graph(sites, analysis.parents, analysis.masks, analysis.bits,
                         analysis.reads, analysis.worlds)
-        g = passes.causal(passes.owned(g, found.cost_owner))
+        g = passes.objectives(passes.causal(passes.owned(g, found.cost_owner)))
+        owners.check_objectives(found, g.graph["objectives"])
         return build_plan(g, self.gamma, self.options["objective"],
                           self.options["discount_score"])
 
@@ -322,6 +324,9 @@ class Estimator(torch.nn.Module):
         for s in sites:   # both estimators: no value written in place after its site
             s.check_unchanged()
         if self.td is not None:
+            if plan.objectives is not None:
+                raise ScgError("estimator='td' climbs one shared objective: costs addressed "
+                               "with to= need the Monte Carlo estimator (estimator='mc')")
             params = self.coagent_parameters
             critic = params.critic()
             u, ret = self.td.window(sites, params.of(), critic,

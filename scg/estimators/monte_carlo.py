@@ -45,8 +45,15 @@ class Stats(dict):
 @dataclass
 class Output:
     """One sampled run: ``loss`` (backward it), ``local`` (one surrogate per coagent, summing
-    exactly to ``loss``), ``objective`` (the estimate of J, with its pathwise gradient) and
-    ``stats`` (numbers for logs, :class:`Stats`)."""
+    exactly to ``loss``), ``objective`` (the estimate of J: every cost, with its pathwise
+    gradient), ``objectives`` (coagent -> the estimate of its J_i: the costs addressed to it,
+    design.md §8; each is ``objective`` when no cost has ``to=``) and ``stats`` (numbers for
+    logs, :class:`Stats`).
+
+    With costs addressed by ``to=``, ``local[i]``'s value is ``-objectives[i]`` and its
+    gradient in theta_i estimates -grad_i J_i (in another coagent's parameters it has none but
+    pathwise terms, so one backward pass of ``loss`` gives every coagent its own gradient);
+    without, the local losses split the loss's value."""
 
     loss: torch.Tensor
     local: dict
@@ -54,6 +61,7 @@ class Output:
     stats: dict = field(default_factory=Stats)
     value: object = None
     sites: list = field(default_factory=list)
+    objectives: dict = field(default_factory=dict)
 
 
 def emit(sites, plan, baseline, update=True, verify=False):
@@ -76,10 +84,23 @@ def emit(sites, plan, baseline, update=True, verify=False):
     owned, unowned = _pathwise(per_cost, tensors, objective.new_zeros(len(plan.coagents)))
     score, critic = _score(sites, plan, tensors, C, baseline, update, owned)
     local_terms = score if critic is None else score - critic
-    loss = -(local_terms.sum() + unowned)
-    neg = -(local_terms + unowned / max(len(plan.coagents), 1))
     stats = Stats({"return": objective.detach(), "sites": len(sites)})
-    return Output(loss, dict(zip(plan.coagents, neg.unbind())), objective, stats)
+    if plan.objectives is None:
+        loss = -(local_terms.sum() + unowned)
+        neg = -(local_terms + unowned / max(len(plan.coagents), 1))
+        return Output(loss, dict(zip(plan.coagents, neg.unbind())), objective, stats,
+                      objectives=dict.fromkeys(plan.coagents, objective))
+    J = per_objective(per_cost, tensors["objectives"])
+    neg = -local_terms - (J - owned).detach()   # value -J_i, gradient that of the terms
+    return Output(neg.sum(), dict(zip(plan.coagents, neg.unbind())), objective, stats,
+                  objectives=dict(zip(plan.coagents, J.unbind())))
+
+
+def per_objective(per_cost, masks):
+    """Each coagent's J_i estimate ``[n_coagents]``: the weighted costs of each group
+    (``per_cost``) summed under each coagent's membership mask (``masks``, per group
+    ``[n_coagents, n_costs]``)."""
+    return sum(m @ v for m, v in zip(masks, per_cost))
 
 
 def _pathwise(per_cost, tensors, zeros):

@@ -178,20 +178,23 @@ def cost_value(site):
     return v if site.mask is None else torch.where(site.mask, v, v.new_zeros(()))
 
 
-def objective(sites, gamma=1.0, kind="sum"):
+def objective(sites, gamma=1.0, kind="sum", climber=None):
     """J(tau) of one run, computed from its sites:
 
         J(tau) = sum_c gamma^(t_c) * scale_c * sum(masked value_c)
 
     over the cost sites c (rewards, costs, predictors), where ``scale_c`` is 1 / (the product of
     the sizes of the site's ``scg.episodes`` plates) and, for ``kind="mean"``, also 1 / T with
-    T = 1 + the largest site time. Independent of the estimator's plan."""
+    T = 1 + the largest site time. Independent of the estimator's plan. ``climber``: J_i of
+    coagent i (design.md §8): only the costs addressed to it (``to=``) and those without
+    ``to=``."""
     per_step = 1.0
     if kind == "mean" and sites:
         per_step = 1.0 / (1 + max(s.time for s in sites))
     total = 0.0
     for s in sites:
-        if s.role not in COSTS:
+        if s.role not in COSTS or (climber is not None and s.infer.get("scg_to") is not None
+                                   and climber not in s.infer["scg_to"]):
             continue
         n = 1
         for _name, _dim, size, plate_kind in s.plates:
@@ -199,6 +202,15 @@ def objective(sites, gamma=1.0, kind="sum"):
                 n *= size
         total = total + (float(gamma) ** s.time * per_step / n) * cost_value(s).sum()
     return total
+
+
+def climbers(sites):
+    """coagent -> the coagent whose objective it climbs (its unit's, for an execution coagent),
+    from the sites' own declarations; None when no cost has ``to=`` (one shared J)."""
+    if all(s.infer.get("scg_to") is None for s in sites if s.role in COSTS):
+        return None
+    return {s.coagent: s.infer.get("scg_unit_coagent") or s.coagent
+            for s in sites if s.coagent is not None}
 
 
 def log_prob(sites):
@@ -336,9 +348,12 @@ def enumerate_check(est, args, space=0, model=None):
 def _enumerate_check(est, args, space, model):
     gamma, kind = float(est.options["gamma"]), est.options["objective"]
     runs = []   # (p(tau), J(tau), estimator's output, own sites)
+    Jc = {}     # coagent -> exact J_i (per-coagent objectives only)
     for values, sites in joint_values(model or est.model, args):
-        runs.append((log_prob(sites).exp(), objective(sites, gamma, kind),
-                     estimator_run(est, args, values), sites))
+        p = log_prob(sites).exp()
+        runs.append((p, objective(sites, gamma, kind), estimator_run(est, args, values), sites))
+        for c, x in (climbers(sites) or {}).items():
+            Jc[c] = Jc.get(c, 0.0) + p * objective(sites, gamma, kind, climber=x)
     J = sum((r[0] * r[1] for r in runs), 0.0)
     E = sum((-r[0].detach() * r[2].loss for r in runs), 0.0)
     Ei = {}
@@ -350,6 +365,8 @@ def _enumerate_check(est, args, space, model):
     extras = [p for k, p in leaves(J).items() if k not in credited]
     allp = list(credited.values()) + extras
     exact, estimate = _grad(J, allp), _grad(E, allp)
+    if Jc:   # each coagent's parameters climb its own J_i: the exact gradient is that block
+        exact = _objective_grads(Jc, params, allp, exact)
     rows = [_row("total", exact, estimate)]
     floor = ZERO * rows[0].norm_exact
     shared = set(est.shared)
@@ -452,6 +469,21 @@ def _grad(y, params):
     gs = torch.autograd.grad(y, params, retain_graph=True, allow_unused=True)
     return torch.cat([(g if g is not None else torch.zeros_like(p)).flatten()
                       for g, p in zip(gs, params)]).double()
+
+
+def _objective_grads(Jc, params, allp, exact):
+    """The exact per-objective gradient over ``allp``: on coagent i's parameters grad J_i (a
+    parameter shared by coagents has one objective: the estimator refuses others), elsewhere
+    ``exact`` (grad J of every cost, for parameters no coagent trains)."""
+    out, at, i = exact.clone(), {}, 0
+    for p in allp:
+        at[id(p)] = slice(i, i + p.numel())
+        i += p.numel()
+    for c, ps in params.items():
+        if ps:
+            for p, g in zip(ps, _grad(Jc.get(c, 0.0), ps).split([p.numel() for p in ps])):
+                out[at[id(p)]] = g
+    return out
 
 
 def _row(name, exact, estimate, floor=0.0):
@@ -615,15 +647,19 @@ def fd_check(est, args, samples, directions, eps, seed=0, confidence=0.99, raw=(
             del out
         out0 = None
         Jpm = torch.zeros(2, directions, samples, dtype=torch.float64)
+        blocks = _blocks(est, params, flat, climbers(first) if first else None)
         try:
             for j in range(directions):
                 for side, sign in enumerate((1.0, -1.0)):
-                    _assign(params, flat + sign * eps * U[j].to(flat))
-                    with torch.no_grad():
-                        for k in range(samples):
-                            _seed(seed, k)
-                            sites, _ = record(model, args, {}, Couple(seed * 1_000_003 + k))
-                            Jpm[side, j, k] = float(objective(sites, gamma, kind))
+                    for mask, climber in blocks:
+                        _assign(params, flat + sign * eps * (U[j].to(flat) * mask))
+                        with torch.no_grad():
+                            for k in range(samples):
+                                _seed(seed, k)
+                                sites, _ = record(model, args, {},
+                                                  Couple(seed * 1_000_003 + k))
+                                Jpm[side, j, k] += float(objective(sites, gamma, kind,
+                                                                   climber))
         finally:
             _assign(params, flat)
     finally:
@@ -662,6 +698,28 @@ def fd_check(est, args, samples, directions, eps, seed=0, confidence=0.99, raw=(
              "confidence": confidence, "directions": directions, "eps": eps}
     return Report("fd", [row], 0.0, n, 0.0, dtype, problems + notes, fd, est_mean,
                   vacuous=vacuous, problems=problems, fd=stats)
+
+
+def _blocks(est, params, flat, climbs):
+    """The parameter blocks finite differences perturb, each with the objective it climbs:
+    ``[(mask over flat, climber)]``. One block, J, without per-coagent objectives; with them,
+    one per objective (the parameters of the coagents climbing J_i, with J_i: the directional
+    derivative of the per-objective gradient is the sum over blocks), and the parameters no
+    coagent trains with J."""
+    if climbs is None:
+        return [(torch.ones_like(flat), None)]
+    owner = {}
+    for c, ps in est.params.items():
+        for k in ps:
+            owner.setdefault(k, climbs.get(c, c))
+    sizes = [p.numel() for p in params]
+    out = []
+    for x in sorted(set(owner.values())) + [None]:
+        mask = torch.cat([torch.full((n,), float(owner.get(id(p)) == x), dtype=flat.dtype)
+                          for p, n in zip(params, sizes)])
+        if mask.any():
+            out.append((mask, x))
+    return out
 
 
 def _assign(params, flat):

@@ -30,7 +30,7 @@ Conventions (Pyro's plate notation, plus roles and time):
 
 import graphviz
 
-from ..compiler.graph import downstream_costs
+from ..compiler.graph import credited_costs
 from ..compiler.passes import roll, rolled_credit, split, unroll
 from ..errors import ScgError
 from ..estimators.estimator import compile
@@ -341,7 +341,7 @@ def view(est, args, kwargs, rolled=False, unrolled=None):
         return roll(direct(g)), rolled_credit(g)
     if unrolled:
         g = unroll(roll(g), unrolled)
-    return direct(g), {(s, c): [] for s, cs in downstream_costs(g).items() for c in cs}
+    return direct(g), {(s, c): [] for s, cs in credited_costs(g).items() for c in cs}
 
 
 def render(model, *args, est=None, rolled=False, unrolled=None, credit=False, **kwargs):
