@@ -88,6 +88,15 @@ def cost_order(g):
     return [c for cs in groups.values() for c in cs]
 
 
+def site_order(g):
+    """The stochastic sites grouped as the plan groups them (as :func:`cost_order`)."""
+    groups = {}
+    for n in sorted(stochastic(g), key=lambda n: g.nodes[n]["order"]):
+        a = g.nodes[n]
+        groups.setdefault((a["shape"], a["plates"]), []).append(n)
+    return [n for ns in groups.values() for n in ns]
+
+
 def downstream_costs(g):
     """The causal pass: for each stochastic site, the costs it can influence (its descendants),
     in execution order. Returns a new dict; the graph is not changed."""

@@ -23,7 +23,7 @@ the graph with ``execution_of`` set and an ``execute`` edge to its unit.
 import networkx as nx
 
 from ..errors import ScgError
-from .graph import cost_order, credited_costs, downstream_bitsets, stochastic
+from .graph import cost_order, credited_costs, downstream_bitsets, site_order, stochastic
 
 KEEP = ("role", "coagent", "dist", "reparam", "execution_of", "execute", "plates", "shape",
         "owner", "to", "unit")
@@ -72,6 +72,29 @@ def sequential(g):
             h.nodes[n]["downstream"] = later
     h.graph["costs"] = order
     h.graph["sequential"] = True
+    return h
+
+
+def ancestry(g):
+    """A new graph in which every stochastic site has attribute ``descendants``: the
+    stochastic sites among its descendants as a bitset over ``h.graph["scored"]`` (the sites in
+    the plan's grouping, each group one contiguous range); after :func:`sequential`, every site
+    emitted after it (unbiased for any run, as its credit). The any-order estimator's baseline
+    term of site s is boxed by the log-probabilities of the sites s descends from (Mao et
+    al. 2019)."""
+    h = g.copy()
+    order = site_order(g)
+    if g.graph.get("sequential"):
+        pos = {n: k for k, n in enumerate(order)}
+        later = 0
+        for n in sorted(order, key=lambda n: g.nodes[n]["order"], reverse=True):
+            h.nodes[n]["descendants"] = later
+            later |= 1 << pos[n]
+    else:
+        bits = downstream_bitsets(g, order)
+        for n in order:
+            h.nodes[n]["descendants"] = bits[n]
+    h.graph["scored"] = order
     return h
 
 

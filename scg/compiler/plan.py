@@ -108,6 +108,8 @@ class Plan:
     cost_owner: list   # per cost group, list of coagent index or -1
     site_owner: list   # per site group, list of coagent index
     objectives: list = None  # per coagent, per cost group: 1 where the cost is in its J_i
+    reach: dict = None       # (i, j) -> Credit of every cost a site influences (any order)
+    ancestry: dict = None    # (i, k) -> Credit: site group i's sites that site group k's descend
     _cache: dict = field(default_factory=dict)
 
     def on(self, device, dtype):
@@ -122,6 +124,10 @@ class Plan:
                 "coef": [mv(c) for c in self.coef],
                 "site_owner": [torch.tensor(o, device=device) for o in self.site_owner],
                 "cost_owner": [_owners(o, device) for o in self.cost_owner],
+                "reach": None if self.reach is None else
+                {k: c.to(device, dtype) for k, c in self.reach.items()},
+                "ancestry": None if self.ancestry is None else
+                {k: c.to(device, dtype) for k, c in self.ancestry.items()},
                 "objectives": None if self.objectives is None else
                 [torch.stack([mv(m[j]) for m in self.objectives]) for j in range(len(self.coef))],
             }
@@ -143,7 +149,10 @@ def build(g, gamma, objective="sum", discount_score=True):
 
     ``g`` has been through the passes :func:`~scg.compiler.passes.owned` (each unlabelled
     cost's ``owner``) and :func:`~scg.compiler.passes.causal` (each stochastic site's
-    ``downstream`` costs, over ``g.graph["costs"]``).
+    ``downstream`` costs, over ``g.graph["costs"]``), and optionally
+    :func:`~scg.compiler.passes.objectives` (``reach``: the unmasked credit) and
+    :func:`~scg.compiler.passes.ancestry` (``descendants``: the sites each site influences),
+    which the any-order estimator reads (:attr:`Plan.reach`, :attr:`Plan.ancestry`).
     """
     attrs = dict(g.nodes(data=True))
     horizon = 1 + max((a["time"] for a in attrs.values()), default=0)
@@ -154,6 +163,7 @@ def build(g, gamma, objective="sum", discount_score=True):
     cost_groups = _groups(g.graph["costs"], attrs)
     cscale = {c: _scale(attrs[c]["plates"]) * per_step for cg in cost_groups for c in cg.names}
     credit, scans, offset = {}, [], 0
+    reach = {} if g.graph.get("objectives") is not None else None
     for j, cg in enumerate(cost_groups):
         times = [attrs[c]["time"] for c in cg.names]
         scans.append(scan_levels([gamma ** (b - a) for a, b in zip(times, times[1:])] + [0.0]))
@@ -161,7 +171,12 @@ def build(g, gamma, objective="sum", discount_score=True):
             c = _credit(sg, cg, attrs, times, offset, cscale[cg.names[0]], gamma)
             if c is not None:
                 credit[(i, j)] = c
+            c = None if reach is None else \
+                _credit(sg, cg, attrs, times, offset, cscale[cg.names[0]], gamma, "reach")
+            if c is not None:
+                reach[(i, j)] = c
         offset += len(cg.names)
+    ancestry = _ancestry(site_groups, attrs, gamma) if "scored" in g.graph else None
     t = lambda n: attrs[n]["time"]  # noqa: E731
     kappa = [torch.tensor([(gamma ** t(s) if discount_score else 1.0) * _scale(attrs[s]["plates"])
                            for s in sg.names], dtype=torch.float64) for sg in site_groups]
@@ -181,7 +196,22 @@ def build(g, gamma, objective="sum", discount_score=True):
     return Plan(g, coagents, site_groups, cost_groups, credit, scans, kappa, coef,
                 [[owner(c) for c in cg.names] for cg in cost_groups],
                 [[index[attrs[s]["coagent"]] for s in sg.names] for sg in site_groups],
-                objectives)
+                objectives, credit if reach is None else reach, ancestry)
+
+
+def _ancestry(site_groups, attrs, gamma):
+    """(i, k) -> the :class:`Credit` runs of site group i's sites over site group k's sites
+    that descend from them (``descendants`` of :func:`scg.compiler.passes.ancestry`)."""
+    out, offset = {}, 0
+    for k, tg in enumerate(site_groups):
+        times = [attrs[n]["time"] for n in tg.names]
+        for i, sg in enumerate(site_groups):
+            c = _credit(sg, tg, attrs, times, offset, _scale(attrs[tg.names[0]]["plates"]),
+                        gamma, "descendants")
+            if c is not None:
+                out[(i, k)] = c
+        offset += len(tg.names)
+    return out
 
 
 def _groups(names, attrs):
@@ -192,13 +222,13 @@ def _groups(names, attrs):
     return [Group(ns, [attrs[n]["order"] for n in ns], k[0], k[1]) for k, ns in groups.items()]
 
 
-def _credit(sg, cg, attrs, times, offset, scale, gamma):
+def _credit(sg, cg, attrs, times, offset, scale, gamma, key="downstream"):
     """The :class:`Credit` of site group ``sg`` with cost group ``cg`` (bits ``offset`` on of
-    each site's ``downstream`` set), or None when no site of it is credited with any."""
+    each site's ``key`` set), or None when no site of it is credited with any."""
     rows, width = [], (1 << len(cg.names)) - 1
     for k, s in enumerate(sg.names):
         ratio, ts = scale / _scale(attrs[s]["plates"]), attrs[s]["time"]
-        for a, b in graph.bitset_ranges((attrs[s]["downstream"] >> offset) & width):
+        for a, b in graph.bitset_ranges((attrs[s][key] >> offset) & width):
             wa = gamma ** (times[a] - ts) * ratio
             wb = wa * gamma ** (times[b] - times[a]) if b < len(times) else 0.0
             rows.append((k, a, b, wa, wb))

@@ -90,10 +90,12 @@ class Critic(Baseline):
     """A learned critic per coagent (and feature size) of the coagent's local state, made on
     first use; its regression term trains it and has no gradient to the policy."""
 
-    def __init__(self, hidden):
+    def __init__(self, hidden, critics=None, owner=None, prefix=""):
         self.hidden = int(hidden)
-        self.critics = torch.nn.ModuleDict()   # key "coagent|dim" -> MLP
-        self.owner = {}                        # key -> coagent
+        # key "coagent|dim" -> MLP (``prefix`` first: one objective's critics among others')
+        self.critics = torch.nn.ModuleDict() if critics is None else critics
+        self.owner = {} if owner is None else owner   # key -> coagent
+        self.prefix = prefix
 
     def __call__(self, group, R, sites, update):
         values, losses = [], []
@@ -109,7 +111,7 @@ class Critic(Baseline):
         return torch.stack(values), losses
 
     def critic_for(self, site, x):
-        key = f"{site.coagent}|{x.shape[-1]}".replace(".", ":")  # module names hold no "."
+        key = f"{self.prefix}{site.coagent}|{x.shape[-1]}".replace(".", ":")  # no "." in names
         self.owner[key] = site.coagent
         if key not in self.critics:
             self.critics[key] = torch.nn.Sequential(
@@ -141,8 +143,10 @@ class Auto(Baseline):
 KINDS = ("auto", "none", "avg", "loo", "critic")
 
 
-def make(kind, decay=0.9, critic_hidden=32):
-    """The baseline named ``kind`` (one of :data:`KINDS`), with its options."""
+def make(kind, decay=0.9, critic_hidden=32, critics=None, owner=None, prefix=""):
+    """The baseline named ``kind`` (one of :data:`KINDS`), with its options; a critic keeps
+    its networks in ``critics`` and ``owner`` under keys starting with ``prefix`` when given
+    (the critics of several objectives in one ModuleDict)."""
     if kind == "auto":
         return Auto(decay)
     if kind == "none":
@@ -152,7 +156,7 @@ def make(kind, decay=0.9, critic_hidden=32):
     if kind == "loo":
         return LeaveOneOut()
     if kind == "critic":
-        return Critic(critic_hidden)
+        return Critic(critic_hidden, critics, owner, prefix)
     raise ScgError(f"unknown baseline {kind!r}; valid: {list(KINDS)}")
 
 

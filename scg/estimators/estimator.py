@@ -34,7 +34,7 @@ from ..compiler.provenance import Analysis
 from ..core.record import Recorder, record
 from ..core.schema import COSTS
 from ..errors import ScgError
-from . import baselines, monte_carlo, online
+from . import baselines, dice, monte_carlo, online
 from .monte_carlo import Output
 from .options import OPTIONS, validate
 from .parameters import CoagentParameters
@@ -60,6 +60,8 @@ def compile(model, **options):
             actor-critic with eligibility traces, :mod:`scg.estimators.online`).
         lam: ``td``: the trace decay lambda, in [0, 1] (default 1).
         avg_rate: ``td`` with ``objective="average"``: the step size of the reward average.
+        order: ``1`` (default: the first-order surrogate) or ``"any"`` (DiCE surrogates whose
+            derivatives of every order are unbiased, :mod:`scg.estimators.dice`).
         verify: analyse every run and raise where the cached plan would differ (default: the
             ``SCG_VERIFY`` environment variable, else False).
     """
@@ -90,6 +92,20 @@ class Estimator(torch.nn.Module):
         # the critic baseline's networks, registered here for state_dict, .to() and optimisers
         self.critics = getattr(self.baseline, "critics", torch.nn.ModuleDict())
         self.td = online.TD.from_options(opts) if opts["estimator"] == "td" else None
+        self.order = opts["order"]
+        self.objective_baselines = {}   # order="any" with to=: objective key -> Baseline
+
+    def baseline_of(self, objective):
+        """The baseline of an objective (None: the shared J, the estimator's own baseline;
+        a coagent: its J_i's, made on first use, its critics registered in ``critics``)."""
+        if objective is None:
+            return self.baseline
+        if objective not in self.objective_baselines:
+            self.objective_baselines[objective] = baselines.make(
+                self.options["baseline"], self.options["decay"], self.options["critic_hidden"],
+                critics=self.critics, owner=getattr(self.baseline, "owner", None),
+                prefix=f"{objective}>")
+        return self.objective_baselines[objective]
 
     # ---- public conveniences -------------------------------------------------------------
     def forward(self, *args, **kwargs):
@@ -216,9 +232,16 @@ class Estimator(torch.nn.Module):
         return {**state, "last_args": None}   # a call's arguments are not the estimator's
 
     def get_extra_state(self):
-        return self.baseline.state()
+        state = self.baseline.state()
+        if self.objective_baselines:
+            state = {**state, "objectives": {o: b.state()
+                                             for o, b in self.objective_baselines.items()}}
+        return state
 
     def set_extra_state(self, state):
+        state = dict(state)
+        for o, s in state.pop("objectives", {}).items():
+            self.baseline_of(o).load_state(s)
         self.baseline.load_state(state)
 
     # ---- analysis ------------------------------------------------------------------------
@@ -266,6 +289,7 @@ class Estimator(torch.nn.Module):
         check_sites(sites, None)
         g = build_graph(sites, {})
         g = passes.objectives(passes.sequential(passes.owned(g, found.cost_owner)))
+        g = passes.ancestry(g) if self.order == "any" else g
         owners.check_objectives(found, g.graph["objectives"])
         plan = build_plan(g, self.gamma, self.options["objective"],
                           self.options["discount_score"])
@@ -314,6 +338,7 @@ class Estimator(torch.nn.Module):
         g = build_graph(sites, analysis.parents, analysis.masks, analysis.bits,
                         analysis.reads, analysis.worlds)
         g = passes.objectives(passes.causal(passes.owned(g, found.cost_owner)))
+        g = passes.ancestry(g) if self.order == "any" else g
         owners.check_objectives(found, g.graph["objectives"])
         return build_plan(g, self.gamma, self.options["objective"],
                           self.options["discount_score"])
@@ -332,6 +357,8 @@ class Estimator(torch.nn.Module):
             u, ret = self.td.window(sites, params.of(), critic,
                                     separable=len(critic) == len(params.values))
             out = online.surrogate(u, ret, self.coagent_parameters, plan.coagents, self.td.rho)
+        elif self.order == "any":
+            out = dice.emit(sites, plan, self.baseline_of, update=update, verify=self.verify)
         else:
             out = monte_carlo.emit(sites, plan, self.baseline, update=update,
                                    verify=self.verify)

@@ -62,6 +62,7 @@ class Output:
     value: object = None
     sites: list = field(default_factory=list)
     objectives: dict = field(default_factory=dict)
+    climbs: dict = None   # order="any" with to=: coagent -> its objective's key coagent
 
 
 def emit(sites, plan, baseline, update=True, verify=False):

@@ -15,6 +15,7 @@ OPTIONS = {
     "estimator": "mc",       # mc (exact score-function surrogate) | td (online TD)
     "lam": 1.0,              # td: trace decay lambda in [0, 1]
     "avg_rate": 0.01,        # td with objective="average": step size of the reward average
+    "order": 1,              # 1 (first-order surrogate) | "any" (DiCE: derivatives of any order)
     "verify": None,          # analyse every run, raise where the cached plan would differ
 }                            # (default: the SCG_VERIFY environment variable, else False)
 
@@ -43,6 +44,14 @@ def validate(options):
     if opts["objective"] == "average" and float(opts["gamma"]) != 1.0:
         raise ScgError("objective='average' needs gamma=1.0 (the differential TD error "
                        "has no discount)")
+    if opts["order"] not in (1, "any"):
+        raise ScgError(f"unknown order {opts['order']!r}; valid: [1, 'any']")
+    if opts["order"] == "any" and opts["estimator"] != "mc":
+        raise ScgError("order='any' needs estimator='mc': the online estimator's traces are "
+                       "first-order")
+    if opts["order"] == "any" and not opts["discount_score"]:
+        raise ScgError("order='any' differentiates J itself: discount_score=False (the common "
+                       "first-order rule without gamma^t, biased) has no any-order form")
     if not 0.0 <= float(opts["decay"]) < 1.0:
         raise ScgError(f"decay must be in [0, 1), got {opts['decay']}")
     return opts

@@ -134,17 +134,27 @@ class Report:
 
 
 def check(model, *args, method="auto", max_size=4096, samples=2000, directions=8, eps=1e-2,
-          est=None, confidence=0.99, seed=0, **options):
+          est=None, confidence=0.99, seed=0, order=1, **options):
     """Check the estimator of ``model(*args)``; returns a :class:`Report` (prints as a table).
 
     ``method``: "enumerate", "fd" or "auto" (enumerate when every latent site is discrete and
     the joint space has at most ``max_size`` values). ``samples``, ``directions``, ``eps``,
     ``confidence`` and ``seed`` are the finite-difference test's. ``options`` go to
-    ``scg.compile``.
+    ``scg.compile``. ``order=2`` (enumeration only; the estimator compiled with
+    ``order="any"``) also compares the expected Hessian of each surrogate with the exact
+    Hessian of its objective: in full up to :data:`FULL_HESSIAN` parameters, else as
+    Hessian-vector products along ``directions`` random unit vectors.
     """
     if method not in ("auto", "enumerate", "fd"):
         raise ScgError(f"unknown method {method!r}; valid: ['auto', 'enumerate', 'fd']")
+    if order not in (1, 2):
+        raise ScgError(f"check order must be 1 or 2, got {order!r}")
+    if order == 2 and est is None:
+        options.setdefault("order", "any")
     est = est if est is not None else compile(model, **options)
+    if order == 2 and est.order != "any":
+        raise ScgError("check(order=2) compares second derivatives: compile the estimator with "
+                       "order='any' (the first-order surrogate's Hessian is not J's)")
     tracer = TraceMessenger()
     sites, _ = record(model, args, {}, tracer)   # a plain recorded run: sizes the space
     raw = raw_sites(tracer.trace)
@@ -160,7 +170,11 @@ def check(model, *args, method="auto", max_size=4096, samples=2000, directions=8
         if size > max_size:
             raise ScgError(f"the joint space has {size} values (> max_size={max_size}); raise "
                            "max_size or use method='fd'")
-        return enumerate_check(est, args, space=size, model=model)
+        return enumerate_check(est, args, space=size, model=model, order=order,
+                               directions=directions, seed=seed)
+    if order == 2:
+        raise ScgError(f"check(order=2) enumerates, and this network cannot be: {why or ''}"
+                       f"{'' if why else f'{size} joint values > max_size={max_size}'}")
     return fd_check(est, args, samples, directions, eps, seed=seed, confidence=confidence,
                     raw=raw, first=sites, model=model)
 
@@ -337,15 +351,18 @@ def one_thread():
         torch.set_num_threads(threads)
 
 
-def enumerate_check(est, args, space=0, model=None):
+def enumerate_check(est, args, space=0, model=None, order=1, directions=8, seed=0):
     """Exact enumeration: J and p(tau) from check's own runs of ``model`` (default
     ``est.model``), the estimate from ``est``'s run of each joint value; on one thread
-    (:func:`one_thread`)."""
+    (:func:`one_thread`). ``order=2``: Hessians too."""
     with one_thread():
-        return _enumerate_check(est, args, space, model)
+        return _enumerate_check(est, args, space, model, order, directions, seed)
 
 
-def _enumerate_check(est, args, space, model):
+FULL_HESSIAN = 64   # check(order=2): full Hessians up to this many parameters, else HVPs
+
+
+def _enumerate_check(est, args, space, model, order=1, directions=8, seed=0):
     gamma, kind = float(est.options["gamma"]), est.options["objective"]
     runs = []   # (p(tau), J(tau), estimator's output, own sites)
     Jc = {}     # coagent -> exact J_i (per-coagent objectives only)
@@ -365,7 +382,11 @@ def _enumerate_check(est, args, space, model):
     extras = [p for k, p in leaves(J).items() if k not in credited]
     allp = list(credited.values()) + extras
     exact, estimate = _grad(J, allp), _grad(E, allp)
-    if Jc:   # each coagent's parameters climb its own J_i: the exact gradient is that block
+    anyorder = est.order == "any"
+    target = J if not (Jc and anyorder) else sum(Jc[c] for c in est.coagents if c in Jc)
+    if Jc and anyorder:   # loss = the sum of the local losses, each L of its J_i
+        exact = _grad(target, allp)
+    elif Jc:   # each coagent's parameters climb its own J_i: the exact gradient is that block
         exact = _objective_grads(Jc, params, allp, exact)
     rows = [_row("total", exact, estimate)]
     floor = ZERO * rows[0].norm_exact
@@ -376,9 +397,17 @@ def _enumerate_check(est, args, space, model):
         i += p.numel()
     for c, ps in params.items():
         own = [p for p in ps if id(p) not in shared]
-        if own:   # grad J on a coagent's parameters: its part of the total (one backward)
+        if anyorder:   # local[c] is L of J_c in every parameter (design.md §8)
+            rows.append(_row(c, _grad(Jc.get(c, J), allp), _grad(Ei.get(c, 0.0), allp), floor))
+        elif own:   # grad J on a coagent's parameters: its part of the total (one backward)
             mine = torch.cat([exact[at[id(p)]] for p in own])
             rows.append(_row(c, mine, _grad(Ei.get(c, 0.0), own), floor))
+    if order == 2:
+        U = _directions(allp, directions, seed)
+        rows.append(_row("hessian", _hessian(target, allp, U), _hessian(E, allp, U)))
+        for c in params:
+            rows.append(_row(f"hessian {c}", _hessian(Jc.get(c, J), allp, U),
+                             _hessian(Ei.get(c, 0.0), allp, U), floor))
     dtype = allp[0].dtype if allp else torch.get_default_dtype()
     tol, atol = (1e-8, 1e-12) if dtype == torch.float64 else (1e-4, 1e-6)
     notes, problems = [], uncredited(extras, [r[3] for r in runs])
@@ -469,6 +498,36 @@ def _grad(y, params):
     gs = torch.autograd.grad(y, params, retain_graph=True, allow_unused=True)
     return torch.cat([(g if g is not None else torch.zeros_like(p)).flatten()
                       for g, p in zip(gs, params)]).double()
+
+
+def _directions(params, directions, seed):
+    """The directions of check(order=2): every unit vector (the full Hessian) up to
+    :data:`FULL_HESSIAN` parameters, else ``directions`` random unit vectors."""
+    n = sum(p.numel() for p in params)
+    if n <= FULL_HESSIAN:
+        return torch.eye(n, dtype=torch.float64)
+    U = torch.randn((directions, n), generator=torch.Generator().manual_seed(seed),
+                    dtype=torch.float64)
+    return U / U.norm(dim=1, keepdim=True)
+
+
+def _hessian(y, params, U):
+    """The Hessian of ``y`` in ``params`` applied to the rows of ``U`` (flattened ``[k * n]``):
+    double backward, one Hessian-vector product per row."""
+    n = sum(p.numel() for p in params)
+    if not isinstance(y, torch.Tensor) or not y.requires_grad:
+        return torch.zeros(U.shape[0] * n, dtype=torch.float64)
+    gs = torch.autograd.grad(y, params, create_graph=True, allow_unused=True)
+    g = torch.cat([(x if x is not None else torch.zeros_like(p)).flatten()
+                   for x, p in zip(gs, params)])
+    if not g.requires_grad:
+        return torch.zeros(U.shape[0] * n, dtype=torch.float64)
+    rows = []
+    for u in U:
+        hv = torch.autograd.grad(g @ u.to(g), params, retain_graph=True, allow_unused=True)
+        rows.append(torch.cat([(x if x is not None else torch.zeros_like(p)).flatten()
+                               for x, p in zip(hv, params)]).double())
+    return torch.cat(rows)
 
 
 def _objective_grads(Jc, params, allp, exact):

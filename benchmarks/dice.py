@@ -1,0 +1,125 @@
+"""One LOLA-DiCE update on the iterated prisoner's dilemma: ms per update, hand-written torch
+(models/ipd_exact.py) against scg's ``order="any"`` estimator, measured in the same run.
+
+    python benchmarks/dice.py            # batch 128, T = 150, gamma 0.96, 1 torch thread
+    python benchmarks/dice.py --quick    # tiny sizes (a smoke run)
+
+One update (the DiCE paper's LOLA setting, Foerster et al. 2018: 150 steps, gamma 0.96; batch
+128 as in github.com/alexis-jacq/LOLA_DiCE): sample one batch of episodes; both agents' DiCE
+objectives; their first-order gradients with ``create_graph=True`` (grad_1 L1, grad_2 L1 and
+grad_2 L2); and agent 1's mixed second-order LOLA term grad_1 [stop(grad_2 L1) . grad_2 L2] =
+(grad_1 grad_2 L2)^T grad_2 L1, one more backward pass through the differentiable gradient.
+Like benchmarks/run.py, the two implementations alternate and the table reports medians and
+their ratio; the scg row is skipped while :func:`scg_update` is not written.
+"""
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from scg.models.ipd_exact import sample_dice  # noqa: E402
+
+
+def hand_update(theta1, theta2, batch, T, gamma, generator):
+    """One LOLA-DiCE update with the hand-written DiCE objectives: (grad_1 L1, grad_2 L2,
+    mixed1), mixed1 = grad_1 [stop(grad_2 L1) . grad_2 L2], agent 1's LOLA correction (its
+    update direction is grad_1 L1 + eta * mixed1). ``theta1``, ``theta2``: leaves [5] with
+    ``requires_grad``."""
+    L1, L2 = sample_dice(theta1, theta2, batch, T, gamma, generator)
+    g11, g12 = torch.autograd.grad(L1, (theta1, theta2), create_graph=True)
+    g22, = torch.autograd.grad(L2, theta2, create_graph=True)
+    mixed1, = torch.autograd.grad((g12.detach() * g22).sum(), theta1)
+    return g11.detach(), g22.detach(), mixed1
+
+
+def scg_update(theta1, theta2, batch, T, gamma, generator):
+    """TODO(scg order="any"): the same update through scg: the IPD as an scg network (two
+    coagents, ``scg.reward(..., to=agent)`` per agent), ``scg.compile(..., order="any")``,
+    ``out.local[agent]`` as each agent's DiCE objective (its value is minus the objective),
+    then the same three quantities as :func:`hand_update`, in the same order."""
+    raise NotImplementedError("scg's order='any' IPD update is not written yet")
+
+
+UPDATES = [("hand-written torch", hand_update), ("scg order='any'", scg_update)]
+
+
+def timed(fn):
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def measure(args):
+    """({name: median ms per update}, [(name, why) skipped]), the implementations alternating;
+    one that raises NotImplementedError on its first call is skipped."""
+    g = torch.Generator().manual_seed(0)
+    theta1 = (0.5 * torch.randn(5, generator=g, dtype=torch.float32)).requires_grad_()
+    theta2 = (0.5 * torch.randn(5, generator=g, dtype=torch.float32)).requires_grad_()
+    run, skipped = {}, []
+    for name, fn in UPDATES:
+        def call(fn=fn):
+            return fn(theta1, theta2, args.batch, args.T, args.gamma, g)
+        try:
+            call()
+        except NotImplementedError as e:
+            skipped.append((name, str(e)))
+            continue
+        run[name] = call
+    for _ in range(args.warmup):
+        for call in run.values():
+            call()
+    times = {name: [] for name in run}
+    for _ in range(args.repeats):
+        for name, call in run.items():
+            times[name].append(timed(call))
+    return {name: 1e3 * statistics.median(t) for name, t in times.items()}, skipped
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--T", type=int, default=150)
+    ap.add_argument("--gamma", type=float, default=0.96)
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch intra-op threads (default 1: the ops are small)")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
+    ap.add_argument("--out", default=None, help="also write the figures as JSON here")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.batch, args.T, args.repeats, args.warmup = 16, 10, 3, 1
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        print(f"LOLA-DiCE update on the IPD (batch {args.batch}, T = {args.T}, gamma "
+              f"{args.gamma}, {args.threads} thread(s)): median ms per update")
+        ms, skipped = measure(args)
+    finally:
+        torch.set_num_threads(threads)
+    hand = ms["hand-written torch"]
+    rows = []
+    for name, t in ms.items():
+        rows.append({"implementation": name, "ms": t, "ratio": t / hand})
+        print(f"  {name:24s} {t:9.2f} ms   ratio to hand-written {t / hand:5.2f}")
+    for name, why in skipped:
+        print(f"  {name:24s} skipped ({why})")
+    if args.out:
+        Path(args.out).write_text(json.dumps({
+            "machine": f"{platform.processor() or platform.machine()}, {args.threads} threads, "
+                       f"torch {torch.__version__}",
+            "batch": args.batch, "T": args.T, "gamma": args.gamma, "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
