@@ -159,3 +159,19 @@ def test_split_objectives_on_registry_networks(name):
             return model(*a)
     report = scg.check(split, *args, **opts)
     assert report.ok, str(report)
+
+
+@pytest.mark.parametrize("per_coagent", [False, True])
+def test_trainer_steps_each_objective_on_its_own_surrogate(per_coagent):
+    """With to= and order="any" a local loss is J_i's surrogate in every parameter; the Trainer
+    steps each agent on its own, so its updates equal the first-order Trainer's."""
+    final = []
+    for order in (1, "any"):
+        pd, params = repeated_pd(True)
+        t = scg.Trainer(pd, (8,), optimizer="sgd", lr=0.3, seed=5, baseline="loo", gamma=0.9,
+                        per_coagent=per_coagent, progress=False, order=order)
+        t.fit(3)
+        final.append([p.detach().clone() for p in params])
+    assert not torch.equal(final[0][0], torch.tensor([0.3, -0.1], dtype=torch.float64))
+    for a, b in zip(*final):
+        assert torch.allclose(a, b, atol=1e-12)

@@ -125,12 +125,15 @@ class Plan:
                 "site_owner": [torch.tensor(o, device=device) for o in self.site_owner],
                 "cost_owner": [_owners(o, device) for o in self.cost_owner],
                 "reach": None if self.reach is None else
-                {k: c.to(device, dtype) for k, c in self.reach.items()},
+                {k: c.to(device, dtype) for k, c in self.reach.items()}
+                if self.reach is not self.credit else None,
                 "ancestry": None if self.ancestry is None else
                 {k: c.to(device, dtype) for k, c in self.ancestry.items()},
                 "objectives": None if self.objectives is None else
                 [torch.stack([mv(m[j]) for m in self.objectives]) for j in range(len(self.coef))],
             }
+            if self.reach is self.credit:   # no per-objective masking: the same credit
+                self._cache[key]["reach"] = self._cache[key]["credit"]
         return self._cache[key]
 
 

@@ -24,8 +24,8 @@ plus the pathwise terms.
 
 import torch
 
-from ..core.terms import common_float, cost, group_log_prob
-from .monte_carlo import Output, Stats, _check_finite, _returns, per_objective
+from ..core.terms import group_log_prob
+from .monte_carlo import Output, Stats, _returns, costs, per_objective
 
 
 def box(x):
@@ -76,14 +76,7 @@ def emit(sites, plan, baseline_of, update=True, verify=False):
     ``local[i]`` is L of J_i (derivatives of every order, in every parameter, for -J_i: what
     LOLA differentiates) and ``loss`` their sum; step coagent i on the gradient of
     ``local[i]`` in its own parameters (``scg.Trainer`` does)."""
-    ref = common_float(sites)
-    tensors = plan.on(ref.device, ref.dtype)
-    C = [torch.stack([cost(sites[i], ref) for i in g.index]) for g in plan.costs]
-    per_cost = [c.reshape(c.shape[0], -1).sum(1) * k for c, k in zip(C, tensors["coef"])]
-    objective = sum(v.sum() for v in per_cost)
-    if (verify or ref.device.type == "cpu") and not torch.isfinite(objective):
-        for g, c in zip(plan.costs, C):
-            _check_finite(g, c, sites)
+    tensors, C, per_cost, objective = costs(sites, plan, verify)
     lps = [group_log_prob([sites[k] for k in g.index]) for g in plan.sites]
     lam = exponents(lps, tensors["reach"], plan.costs)
     boxed = [(c if x is None else c * box(x)).reshape(c.shape[0], -1).sum(1) * k

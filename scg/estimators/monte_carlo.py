@@ -72,16 +72,7 @@ def emit(sites, plan, baseline, update=True, verify=False):
     A NaN or infinite cost is an error naming it: checked on the CPU always, on an accelerator
     only under ``verify`` (the check waits for the device; ``scg.Trainer`` still refuses a
     non-finite loss before stepping)."""
-    if not plan.costs:
-        raise ScgError("the network emitted no reward, cost or predictor: nothing to optimise")
-    ref = common_float(sites)   # the run's float dtype and device; costs are cast to it
-    tensors = plan.on(ref.device, ref.dtype)
-    C = [torch.stack([cost(sites[i], ref) for i in g.index]) for g in plan.costs]
-    per_cost = [c.reshape(c.shape[0], -1).sum(1) * k for c, k in zip(C, tensors["coef"])]
-    objective = sum(v.sum() for v in per_cost)
-    if (verify or ref.device.type == "cpu") and not torch.isfinite(objective):
-        for g, c in zip(plan.costs, C):   # one fused check; the culprit only on failure
-            _check_finite(g, c, sites)
+    tensors, C, per_cost, objective = costs(sites, plan, verify)
     owned, unowned = _pathwise(per_cost, tensors, objective.new_zeros(len(plan.coagents)))
     score, critic = _score(sites, plan, tensors, C, baseline, update, owned)
     local_terms = score if critic is None else score - critic
@@ -102,6 +93,24 @@ def per_objective(per_cost, masks):
     (``per_cost``) summed under each coagent's membership mask (``masks``, per group
     ``[n_coagents, n_costs]``)."""
     return sum(m @ v for m, v in zip(masks, per_cost))
+
+
+def costs(sites, plan, verify=False):
+    """A run's costs under ``plan``, shared by both orders: the plan's tensors on the run's
+    device and float dtype, the cost groups ``C`` (``[n, *batch]``, with their pathwise
+    gradients), each cost's weighted total ``per_cost`` (``[n]`` per group) and the
+    objective (their sum). A NaN or infinite cost is an error naming it (see :func:`emit`)."""
+    if not plan.costs:
+        raise ScgError("the network emitted no reward, cost or predictor: nothing to optimise")
+    ref = common_float(sites)   # the run's float dtype and device; costs are cast to it
+    tensors = plan.on(ref.device, ref.dtype)
+    C = [torch.stack([cost(sites[i], ref) for i in g.index]) for g in plan.costs]
+    per_cost = [c.reshape(c.shape[0], -1).sum(1) * k for c, k in zip(C, tensors["coef"])]
+    objective = sum(v.sum() for v in per_cost)
+    if (verify or ref.device.type == "cpu") and not torch.isfinite(objective):
+        for g, c in zip(plan.costs, C):   # one fused check; the culprit only on failure
+            _check_finite(g, c, sites)
+    return tensors, C, per_cost, objective
 
 
 def _pathwise(per_cost, tensors, zeros):

@@ -195,10 +195,26 @@ class Trainer:
         autograd reaches it from coagent c's terms (:mod:`scg.compiler.owners`, through
         reparameterised messages and labelled costs), so the other local losses have none on
         it, and a shared parameter gets the sum over the coagents reaching it either way
-        (tests/test_training.py compares with one pass per local loss)."""
+        (tests/test_training.py compares with one pass per local loss).
+
+        With ``order="any"`` and per-coagent objectives (``out.climbs``), a local loss is its
+        objective's surrogate in every parameter (design.md §8): each objective's parameters
+        step on the gradient of its own surrogate (one pass per distinct objective)."""
         for _, opt, _ in self.groups.values():
             opt.zero_grad(set_to_none=True)
-        out.loss.backward()
+        if out.climbs is None:
+            out.loss.backward()
+            return
+        # order="any" with to=: local[i] is the surrogate of J_i in *every* parameter, so each
+        # objective's parameters take the gradient of its own surrogate alone
+        for key in dict.fromkeys(out.climbs.values()):
+            params = list({id(p): p for c, o in out.climbs.items() if o == key
+                           for p in self.est.parameters(c)}.values())
+            grads = torch.autograd.grad(out.local[key], params, retain_graph=True,
+                                        allow_unused=True)
+            for p, g in zip(params, grads):
+                if g is not None:
+                    p.grad = g if p.grad is None else p.grad + g
 
     def _clip(self):
         """Clip the norm of the gradient over every group's parameters to ``max_grad_norm``."""
