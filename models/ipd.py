@@ -17,15 +17,9 @@ depends on theta_1. A leading dim of S seeds runs S independent pairs in one bat
 (``pyro.plate("seeds")`` outside ``scg.episodes``): J sums the seeds, so each seed's thetas get
 exactly their own gradient.
 
-**The learners**, each an update of both agents from one call per rollout:
-
-- :func:`naive_step`: theta_i + lr * grad_i J_i, the gradient of ``out.local[i]`` in theta_i
-  (first order suffices; ``order="any"`` gives the same gradient);
-- :func:`lola_step` (the DiCE paper's LOLA-DiCE, one look-ahead step): theta_2' = theta_2 + eta
-  * grad_2 J_2 from a differentiable gradient of ``out.local["B"]`` (``create_graph=True``), a
-  second rollout at (theta_1, theta_2') with ``objective="A"``, and agent 1 steps along the
-  gradient of that rollout's J_A in theta_1, which runs through theta_2'; agent 2
-  symmetrically. The exact counterpart is :func:`scg.models.ipd_exact.lola_step`.
+**The learners** (:mod:`scg.models.lola`): naive learners ascend their own J_i from one
+rollout; LOLA-DiCE learners differentiate through the opponent's one-step look-ahead. The
+exact counterparts on the closed form are :func:`scg.models.ipd_exact.train_exact`.
 """
 
 from dataclasses import dataclass
@@ -35,6 +29,7 @@ import pyro.distributions as dist
 import torch
 
 import scg
+from scg.models import lola
 from scg.models.ipd_exact import PAYOFF1, PAYOFF2, SWAP, values
 from scg.zoo import Setup, register
 
@@ -94,32 +89,6 @@ def compile_ipd(**options):
     return scg.compile(ipd, **{"baseline": "loo", "gamma": GAMMA, "order": "any", **options})
 
 
-def naive_step(est, theta1, theta2, episodes, lr, T=T):
-    """Naive learners: each agent ascends its own J_i, from one rollout; returns new leaves."""
-    out = est(theta1, theta2, episodes, T)
-    g1, = torch.autograd.grad(out.local["A"], theta1, retain_graph=True)
-    g2, = torch.autograd.grad(out.local["B"], theta2)
-    return _leaf(theta1 - lr * g1), _leaf(theta2 - lr * g2)
-
-
-def lola_step(est, theta1, theta2, episodes, lr, eta, T=T):
-    """LOLA-DiCE learners (one look-ahead step each): three rollouts, one at (theta1, theta2)
-    for both look-aheads and one per agent after its opponent's look-ahead step."""
-    out = est(theta1, theta2, episodes, T)
-    # each agent's naive step, kept differentiable in both thetas: out.local[i] = -J_i
-    g1, = torch.autograd.grad(out.local["A"], theta1, create_graph=True)
-    g2, = torch.autograd.grad(out.local["B"], theta2, create_graph=True)
-    ahead1 = est(theta1, theta2 - eta * g2, episodes, T, "A")   # J_A after B's step
-    d1, = torch.autograd.grad(ahead1.loss, theta1, retain_graph=True)   # g2 shares out's graph
-    ahead2 = est(theta1 - eta * g1, theta2, episodes, T, "B")   # J_B after A's step
-    d2, = torch.autograd.grad(ahead2.loss, theta2)
-    return _leaf(theta1 - lr * d1), _leaf(theta2 - lr * d2)
-
-
-def _leaf(t):
-    return t.detach().requires_grad_()
-
-
 @dataclass
 class Run:
     """Per-seed curves of :func:`train`, index 0 being the start: ``returns`` [updates + 1,
@@ -139,12 +108,12 @@ def train(kind="lola", seeds=10, updates=200, episodes=64, lr=1.0, eta=1.0, T=T,
     (the initial thetas of :func:`scg.models.ipd_exact.train_exact` with the same seed), the
     rollouts' randomness from ``pyro.set_rng_seed(seed)``. Each update's policies are scored by
     the closed form."""
-    if kind not in ("naive", "lola"):
-        raise scg.ScgError(f"unknown learner {kind!r}; valid: ['naive', 'lola']")
+    if kind not in lola.KINDS:
+        raise scg.ScgError(f"unknown learner {kind!r}; valid: {list(lola.KINDS)}")
     est = compile_ipd() if est is None else est
     g = torch.Generator().manual_seed(seed)
-    t1 = _leaf(init_std * torch.randn(seeds, 5, generator=g, dtype=torch.float64).to(dtype))
-    t2 = _leaf(init_std * torch.randn(seeds, 5, generator=g, dtype=torch.float64).to(dtype))
+    t1, t2 = (lola.leaf(init_std * torch.randn(seeds, 5, generator=g, dtype=torch.float64)
+                        .to(dtype)) for _ in range(2))
     pyro.set_rng_seed(seed)
     rets, coop = [], []
 
@@ -154,14 +123,8 @@ def train(kind="lola", seeds=10, updates=200, episodes=64, lr=1.0, eta=1.0, T=T,
             rets.append((1 - GAMMA) * torch.stack([v1, v2], -1))
             coop.append(torch.stack([torch.sigmoid(t1), torch.sigmoid(t2)], -2).double())
 
-    record(t1, t2)
-    for _ in range(updates):
-        if kind == "naive":
-            t1, t2 = naive_step(est, t1, t2, episodes, lr, T)
-        else:
-            t1, t2 = lola_step(est, t1, t2, episodes, lr, eta, T)
-        record(t1, t2)
-    return Run(torch.stack(rets), torch.stack(coop), t1.detach(), t2.detach())
+    t1, t2 = lola.train(kind, est, t1, t2, (episodes, T), updates, lr, eta, record)
+    return Run(torch.stack(rets), torch.stack(coop), t1, t2)
 
 
 # ---- zoo -------------------------------------------------------------------------------------
@@ -169,7 +132,7 @@ def train(kind="lola", seeds=10, updates=200, episodes=64, lr=1.0, eta=1.0, T=T,
           "return (to=), naive learners")
 def build(episodes=64, seeds=1, T=T):
     """Naive learners trained by :class:`scg.Trainer` (each agent steps on its own local loss);
-    LOLA is :func:`lola_step` (``examples/lola_ipd.py``)."""
+    LOLA is :func:`scg.models.lola.lola_step` (``examples/lola_ipd.py``)."""
     params = torch.nn.ParameterDict({
         "A": torch.nn.Parameter(torch.zeros(seeds, 5)),
         "B": torch.nn.Parameter(torch.zeros(seeds, 5))})

@@ -53,3 +53,29 @@ def test_online_walk_equals_hand_written_actor_critic(mine, reference):
     assert a.theta.abs().max() > 0.01 and a.V.abs().max() > 0.01
     assert torch.allclose(a.theta, b.theta, atol=1e-6)
     assert torch.allclose(a.V, b.V, atol=1e-6)
+
+
+def test_dice_benchmark_measures_the_scg_update(tmp_path):
+    """benchmarks/dice.py --quick times both LOLA-DiCE updates (the scg row is not skipped), and
+    scg's update returns the hand-written one's three quantities: finite [5] gradients, the
+    mixed second-order term nonzero. (Their expectations: tests/test_ipd.py.)"""
+    import json
+
+    import pyro
+
+    from benchmarks import dice
+
+    torch.set_default_dtype(torch.float32)
+    out = tmp_path / "dice.json"
+    assert dice.main(["--quick", "--repeats", "1", "--out", str(out)]) == 0
+    rows = {r["implementation"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"hand-written torch", "scg order='any'"}
+    assert all(r["ms"] > 0 for r in rows.values())
+    pyro.set_rng_seed(0)
+    theta1, theta2, g = dice._thetas()
+    mine = dice.scg_update(theta1, theta2, 8, 5, 0.96, g)
+    hand = dice.hand_update(theta1, theta2, 8, 5, 0.96, g)
+    for x, y in zip(mine, hand):
+        assert x.shape == y.shape == (5,) and torch.isfinite(x).all()
+        assert not x.requires_grad
+    assert mine[2].abs().sum() > 0

@@ -15,6 +15,7 @@ import torch
 
 import scg
 from scg.models import ipd as M
+from scg.models import lola
 from scg.models.ipd_exact import values_finite
 
 TH1 = torch.tensor([0.4, 1.0, -0.6, 0.3, -0.2], dtype=torch.float64)
@@ -104,7 +105,7 @@ def test_lola_step_follows_the_exact_look_ahead_gradient():
     est = M.compile_ipd()
     pyro.set_rng_seed(2)
     t1, t2 = seeds(TH1, S), seeds(TH2, S)
-    n1, n2 = M.lola_step(est, t1, t2, N, lr, eta, T)
+    n1, n2 = lola.lola_step(est, t1, t2, (N, T), lr, eta)
     d1, d2 = (n1 - t1).detach() / lr, (n2 - t2).detach() / lr
 
     a1, a2 = TH1.clone().requires_grad_(), TH2.clone().requires_grad_()
@@ -152,3 +153,49 @@ def test_trainer_trains_the_naive_zoo_entry():
     trainer.fit(2)
     for k, p in setup.modules.items():
         assert not torch.equal(before[k], p.detach()), k
+
+
+def test_own_objectives_through_a_look_ahead_are_refused():
+    """theta_2' = theta_2 + f(theta_1) makes theta_1 reach both agents, which climb different
+    objectives: an error pointing to the look-ahead's form (only J_A's costs, no to=)."""
+    est = M.compile_ipd()
+    t1 = TH1.clone().requires_grad_()
+    with pytest.raises(scg.ScgError, match=r"'A' and 'B', which climb different.*without to="):
+        est(t1, TH2 + 0.1 * t1, 2, 3)
+    est(t1, TH2 + 0.1 * t1, 2, 3, "A")   # the look-ahead's own form
+
+
+@pytest.mark.parametrize("kind", ["naive", "lola"])
+def test_generic_exact_learner_is_the_ipd_one(kind):
+    """lola.exact_step on the IPD's closed form is ipd_exact's own naive and LOLA step."""
+    from scg.models import ipd_exact
+
+    def v(t1, t2):
+        return tuple(x.sum() for x in ipd_exact.values(t1, t2, M.GAMMA))
+    t1, t2 = torch.stack([TH1, TH2]), torch.stack([TH2, -TH1])
+    got = lola.exact_step(kind, v, t1, t2, 0.7, 0.4)
+    want = ipd_exact.naive_step(t1, t2, 0.7, M.GAMMA) if kind == "naive" else \
+        ipd_exact.lola_step(t1, t2, 0.7, 0.4, M.GAMMA)
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, atol=1e-12)
+    with pytest.raises(scg.ScgError, match="unknown learner"):
+        lola.exact_step("greedy", v, t1, t2, 0.7, 0.4)
+
+
+def test_example_smoke(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, str(root / "examples" / "lola_ipd.py"), "--smoke",
+                           "--out", str(tmp_path)], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    page = (tmp_path / "lola_ipd.md").read_text()
+    assert "| lola | scg, sampled |" in page and "| naive | closed form |" in page
+    assert "## Matching pennies" in page and "MISMATCH" not in page
+    assert (tmp_path / "img" / "lola_ipd.png").exists()
+    assert (tmp_path / "lola_ipd.json").exists()

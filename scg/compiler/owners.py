@@ -61,7 +61,9 @@ def check_objectives(found, objectives):
                 raise ScgError(f"a parameter of shape {tuple(p.shape)} is reached by coagents "
                                f"{other!r} and {c!r}, which climb different objectives (to= "
                                "addresses different costs to them): one parameter cannot climb "
-                               "both; give each coagent its own parameters")
+                               "both; give each coagent its own parameters (to differentiate one "
+                               "objective through another coagent's inputs, as LOLA's look-ahead "
+                               "does, emit only that objective's costs, without to=, in that run)")
 
 
 def _cost_owners(sites, reach):

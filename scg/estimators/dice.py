@@ -24,13 +24,43 @@ plus the pathwise terms.
 
 import torch
 
-from ..core.terms import group_log_prob
+from ..core.terms import BATCHED, group_log_prob
 from .monte_carlo import Output, Stats, _returns, costs, per_objective
 
 
 def box(x):
     """The magic box of DiCE: value exactly 1, derivative ``box(x) dx``."""
     return torch.exp(x - x.detach())
+
+
+class _Stack(torch.autograd.Function):
+    """``torch.stack(xs)`` whose backward is one ``unbind``. torch.stack's backward takes one
+    ``select`` per input, and a second-order pass through a select writes its slice into a zero
+    tensor of the whole stack: quadratic in the number of sites of a group (on a 300-site group,
+    the largest single cost of the second backward pass). ``unbind``'s own backward is one
+    stack, so every order stays linear. Same values and gradients of every order."""
+
+    @staticmethod
+    def forward(ctx, *xs):
+        return torch.stack(xs)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.unbind(0)
+
+
+def log_probs(group):
+    """:func:`~scg.core.terms.group_log_prob` of a site group, with the logits of an unmasked
+    Bernoulli or Categorical group stacked by :class:`_Stack` (derivatives of higher order
+    linear in the group's size); any other group as there."""
+    kind = type(group[0].fn)
+    if len(group) > 1 and kind in BATCHED and \
+            all(type(s.fn) is kind and s.mask is None for s in group):
+        logits = [s.fn.logits for s in group]
+        if all(x.shape == logits[0].shape for x in logits):
+            values = torch.stack([s.value.detach() for s in group])
+            return kind(logits=_Stack.apply(*logits)).log_prob(values)
+    return group_log_prob(group)
 
 
 def gather(lp, credit, n, shape):
@@ -41,7 +71,11 @@ def gather(lp, credit, n, shape):
     view = credit.view
     dims = [d + 1 for d, (v, k) in enumerate(zip(view, lp.shape[1:])) if v == 1 and k != 1]
     x = lp.sum(dims, keepdim=True) if dims else lp
-    x = x.reshape((x.shape[0],) + tuple(view))[credit.site]
+    x = x.reshape((x.shape[0],) + tuple(view))
+    if credit.one_each:   # run k is site k's: the first r sites, a view (no index, no copy)
+        x = x[:credit.site.shape[0]] if credit.site.shape[0] < x.shape[0] else x
+    else:
+        x = x[credit.site]
     D = x.new_zeros((n + 1,) + tuple(view)).index_add(0, credit.a, x)
     if not credit.to_end:
         D = D.index_add(0, credit.b, -x)
@@ -77,11 +111,14 @@ def emit(sites, plan, baseline_of, update=True, verify=False):
     LOLA differentiates) and ``loss`` their sum; step coagent i on the gradient of
     ``local[i]`` in its own parameters (``scg.Trainer`` does)."""
     tensors, C, per_cost, objective = costs(sites, plan, verify)
-    lps = [group_log_prob([sites[k] for k in g.index]) for g in plan.sites]
+    lps = [log_probs([sites[k] for k in g.index]) for g in plan.sites]
     lam = exponents(lps, tensors["reach"], plan.costs)
     boxed = [(c if x is None else c * box(x)).reshape(c.shape[0], -1).sum(1) * k
              for c, x, k in zip(C, lam, tensors["coef"])]
     above = exponents(lps, tensors["ancestry"], plan.sites)
+    # (1 - box(log p(s))) box(A_s) per site group: the baseline terms' factor, shared by every
+    # objective (each objective only weighs it by its own detached kappa_s b_s)
+    score = [(1 - box(lp)) if a is None else (1 - box(lp)) * box(a) for lp, a in zip(lps, above)]
     reps = representatives(plan)
     critic = {}
     values = {}
@@ -89,7 +126,7 @@ def emit(sites, plan, baseline_of, update=True, verify=False):
         masks = None if o is None else [m[plan.coagents.index(o)] for m in tensors["objectives"]]
         value = sum(v.sum() for v in boxed) if masks is None else \
             sum(m @ v for m, v in zip(masks, boxed))
-        values[o] = value + _baseline_terms(sites, plan, tensors, C, lps, above, masks,
+        values[o] = value + _baseline_terms(sites, plan, tensors, C, lps, score, masks,
                                             baseline_of(o), update, critic)
     crit = {c: sum(critic.get(c, [])) for c in plan.coagents}
     stats = Stats({"return": objective.detach(), "sites": len(sites)})
@@ -116,22 +153,20 @@ def representatives(plan):
     return {c: first.setdefault(bits[c], c) for c in plan.coagents}
 
 
-def _baseline_terms(sites, plan, tensors, C, lps, above, masks, baseline, update, critic):
-    """sum_s kappa_s (1 - box(log p(s))) box(A_s) b_s over every site, with b_s the baseline of
-    its relative return in the objective whose cost ``masks`` are given (None: every cost);
-    collects critic regression terms into ``critic`` (coagent -> list)."""
+def _baseline_terms(sites, plan, tensors, C, lps, score, masks, baseline, update, critic):
+    """sum_s kappa_s (1 - box(log p(s))) box(A_s) b_s over every site (``score[i]``: site group
+    i's factor (1 - box(log p(s))) box(A_s)), with b_s the baseline of its relative return in
+    the objective whose cost ``masks`` are given (None: every cost); collects critic regression
+    terms into ``critic`` (coagent -> list)."""
     if masks is not None:
         C = [c * m.reshape((-1,) + (1,) * (c.dim() - 1)) for c, m in zip(C, masks)]
     total, sums = 0.0, {}
     credit = {"credit": tensors["reach"], "scans": tensors["scans"]}
     for i, g in enumerate(plan.sites):
-        lp = lps[i]
-        R = _returns(lp, i, plan, credit, C, sums)
+        R = _returns(lps[i], i, plan, credit, C, sums)
         b, regressions = baseline(g, R, sites, update)
         for coagent, r in regressions or ():
             critic.setdefault(coagent, []).append(r - r.detach())
         kappa = tensors["kappa"][i].reshape((-1,) + (1,) * (R.dim() - 1))
-        a = 1.0 if above[i] is None else box(above[i])
-        term = (kappa * (1 - box(lp)) * a * b.detach())
-        total = total + term.sum()
+        total = total + (score[i] * (kappa * b.detach())).sum()
     return total

@@ -61,7 +61,8 @@ def compile(model, **options):
         lam: ``td``: the trace decay lambda, in [0, 1] (default 1).
         avg_rate: ``td`` with ``objective="average"``: the step size of the reward average.
         order: ``1`` (default: the first-order surrogate) or ``"any"`` (DiCE surrogates whose
-            derivatives of every order are unbiased, :mod:`scg.estimators.dice`).
+            derivatives of every order are unbiased, :mod:`scg.estimators.dice`); refused with
+            ``estimator="td"`` and with ``discount_score=False``.
         verify: analyse every run and raise where the cached plan would differ (default: the
             ``SCG_VERIFY`` environment variable, else False).
     """

@@ -53,7 +53,14 @@ class Output:
     With costs addressed by ``to=``, ``local[i]``'s value is ``-objectives[i]`` and its
     gradient in theta_i estimates -grad_i J_i (in another coagent's parameters it has none but
     pathwise terms, so one backward pass of ``loss`` gives every coagent its own gradient);
-    without, the local losses split the loss's value."""
+    without, the local losses split the loss's value.
+
+    With ``order="any"`` (DiCE surrogates, :mod:`scg.estimators.dice`) and costs addressed by
+    ``to=``, ``local[i]`` is J_i's surrogate in *every* parameter (its derivatives of any order
+    estimate those of -J_i, LOLA's cross terms included), so ``loss`` (their sum) is no longer
+    each agent's gradient: differentiate ``local[i]`` for agent i. ``climbs`` then maps each
+    coagent to the key of the objective it climbs (``local[key]``), as ``scg.Trainer`` and
+    ``scg.check`` step them; it is None otherwise."""
 
     loss: torch.Tensor
     local: dict
