@@ -133,6 +133,9 @@ def parser():
     c = sub.add_parser("check", help="estimator vs exact enumeration or finite differences")
     _model(c)
     c.add_argument("--method", default="auto", choices=["auto", "enumerate", "fd"])
+    c.add_argument("--order", type=int, default=1, choices=[1, 2],
+                   help="2: also the expected Hessian of each any-order surrogate against the "
+                        "exact Hessian (enumeration; the estimator compiled with order='any')")
     return p
 
 
@@ -239,9 +242,18 @@ def check(args):
                            "Finite differences would take minutes and are only a statistical "
                            "test: give its Setup check=(network, args, options) small enough to "
                            "enumerate, or pass --method fd to run them anyway")
-    report = run_check(network, *example, method=args.method, **options)
+    options = dict(options)
+    surrogate = options.pop("order", 1)   # a compile option; check's own order is --order
+    if args.order == 2 or surrogate != 1:   # Hessians: of the any-order surrogates (§8)
+        options["est"] = compile(network, **{k: v for k, v in options.items()
+                                             if k not in CHECK_OPTIONS},
+                                 order="any" if args.order == 2 else surrogate)
+    report = run_check(network, *example, method=args.method, order=args.order, **options)
     print(report)
     return 0 if report.ok else 1
+
+
+CHECK_OPTIONS = set(inspect.signature(run_check).parameters) - {"options"}
 
 
 def _not_enumerable(network, example, options):

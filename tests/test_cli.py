@@ -53,7 +53,20 @@ def test_derive_and_check(capsys):
     code, out, _ = run(capsys, "derive", "async_gridworld", "--latex")
     assert code == 0 and out.startswith("\\begin{align*}")
     code, out, _ = run(capsys, "check", "signalling")
-    assert code == 0 and "enumerate" in out and "OK" in out
+    assert code == 0 and "enumerate" in out and "OK" in out and "hessian" not in out
+
+
+def test_check_order_2(capsys, monkeypatch):
+    """--order 2 adds the Hessian rows of the any-order surrogates; they can fail (a box right
+    to first order only), and finite differences are refused for them."""
+    code, out, _ = run(capsys, "check", "matching_pennies", "--order", "2")
+    assert code == 0 and "hessian A" in out and "hessian B" in out
+    code, _, err = run(capsys, "check", "matching_pennies", "--order", "2", "--method", "fd")
+    assert code == 2 and "first derivatives only" in err
+    from scg.estimators import dice
+    monkeypatch.setattr(dice, "box", lambda x: 1 + x - x.detach())
+    code, out, _ = run(capsys, "check", "matching_pennies", "--order", "2")
+    assert code == 1 and "MISMATCH" in out
 
 
 def test_user_files_and_errors(capsys, tmp_path):

@@ -179,6 +179,21 @@ def test_cli_page_lists_models_as_scg_models_does():
     assert _lines(shown) and set(_lines(shown)) <= set(_lines(printed.getvalue()))
 
 
+
+def test_cli_page_shows_what_scg_check_order_2_prints():
+    """docs/cli.md's `scg check ipd --order 2` is what the command prints (rounding-level
+    relative errors, like 1.6e-15, masked: they differ between machines' BLAS)."""
+    from scg.cli import main
+
+    page = (DOCS / "cli.md").read_text(encoding="utf-8")
+    shown = page.split("$ scg check ipd --order 2\n", 1)[1].split("```", 1)[0]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["check", "ipd", "--order", "2"]) == 0
+    tiny = re.compile(r"\b\d(\.\d+)?e-1\d\b|(?<=\s)0(?=\s)")
+    want, got = ([tiny.sub("~0", line) for line in _lines(t)] for t in (shown, printed.getvalue()))
+    assert want == got and any(line.startswith("hessian A") for line in got)
+
 # ---- the runner's own conventions ----------------------------------------------------------
 RUNNER_PAGE = """Text.
 

@@ -178,8 +178,11 @@ def check(model, *args, method="auto", max_size=4096, samples=2000, directions=8
         return enumerate_check(est, args, space=size, model=model, order=order,
                                directions=directions, seed=seed)
     if order == 2:
-        raise ScgError(f"check(order=2) enumerates, and this network cannot be: {why or ''}"
-                       f"{'' if why else f'{size} joint values > max_size={max_size}'}")
+        raise ScgError("check(order=2) compares Hessians by enumeration, and "
+                       + ("method='fd' (finite differences) checks first derivatives only"
+                          if why is None and size <= max_size else
+                          f"this network cannot be enumerated: {why or ''}"
+                          f"{'' if why else f'{size} joint values > max_size={max_size}'}"))
     return fd_check(est, args, samples, directions, eps, seed=seed, confidence=confidence,
                     raw=raw, first=sites, model=model)
 
