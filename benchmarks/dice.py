@@ -41,6 +41,37 @@ def hand_update(theta1, theta2, batch, T, gamma, generator):
     return g11.detach(), g22.detach(), mixed1
 
 
+def stepwise_update(theta1, theta2, batch, T, gamma, generator):
+    """The same update written by hand the way the scg model is written: one
+    ``torch.distributions.Bernoulli`` per agent and step, its log-probability kept per step,
+    then the same DiCE objectives (:func:`scg.models.ipd_exact.dice_objective`) and the same
+    three quantities as :func:`hand_update`. It separates what a per-step model costs in
+    torch itself (a few autograd nodes per step, where :func:`hand_update` gathers all steps'
+    log-probabilities in a handful of [T, batch] operations) from what scg adds to it."""
+    from scg.models.ipd_exact import PAYOFF1, PAYOFF2, SWAP, dice_objective
+
+    swap = torch.tensor(SWAP)
+    pay1, pay2 = torch.tensor(PAYOFF1), torch.tensor(PAYOFF2)
+    s = torch.zeros(batch, dtype=torch.long)
+    lps, r1, r2 = [], [], []
+    for _ in range(T):
+        d1 = torch.distributions.Bernoulli(logits=theta1[s])
+        d2 = torch.distributions.Bernoulli(logits=theta2[swap[s]])
+        c1, c2 = d1.sample(), d2.sample()
+        lps.append(d1.log_prob(c1) + d2.log_prob(c2))
+        o = 2 * (1 - c1).long() + (1 - c2).long()
+        r1.append(pay1[o])
+        r2.append(pay2[o])
+        s = 1 + o
+    lp = torch.stack(lps)
+    L1 = dice_objective(lp, torch.stack(r1), gamma)
+    L2 = dice_objective(lp, torch.stack(r2), gamma)
+    g11, g12 = torch.autograd.grad(L1, (theta1, theta2), create_graph=True)
+    g22, = torch.autograd.grad(L2, theta2, create_graph=True)
+    mixed1, = torch.autograd.grad((g12.detach() * g22).sum(), theta1)
+    return g11.detach(), g22.detach(), mixed1
+
+
 _ESTIMATORS = {}
 
 
@@ -68,7 +99,8 @@ def scg_update(theta1, theta2, batch, T, gamma, generator):
     return g11.detach(), g22.detach(), mixed1
 
 
-UPDATES = [("hand-written torch", hand_update), ("scg order='any'", scg_update)]
+UPDATES = [("hand-written torch", hand_update), ("hand-written, per step", stepwise_update),
+           ("scg order='any'", scg_update)]
 
 
 def timed(fn):

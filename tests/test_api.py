@@ -214,7 +214,7 @@ def test_analysis_fast_path_equals_pyro_path(name, monkeypatch):
         return names
 
     sites, _ = record(model, args, {})
-    plain = full_path()   # a user's pyro.plate sends every site through it
+    plain = full_path()   # (a site whose batch shape lacks a plate's size takes it)
     replay = {s.name: s.value for s in sites if s.role in ("message", "env")}
     fast = Analysis(replay, inputs=(args, {}))
     record(model, args, {}, recorder=fast)
@@ -282,3 +282,39 @@ def test_loo_baseline_averages_only_running_episodes(monkeypatch):
                                        dtype=R.dtype))
     assert torch.equal(b[1:, 1:], R[1:, 1:])      # the other running episode's return
     assert torch.equal(b[0], R[0])
+
+
+def test_a_plain_pyro_plate_keeps_the_fast_path(monkeypatch):
+    """A vectorised pyro.plate that does not subsample has no effect on a site whose
+    distribution already has its size: scg's sites skip Pyro's full path under it, and the
+    estimator's gradient equals the full path's (forced by an inert poutine.block). A
+    subsampling plate (its scale is not 1) takes the full path."""
+    import pyro.primitives
+
+    calls = []
+    apply_stack = pyro.primitives.apply_stack
+    monkeypatch.setattr(pyro.primitives, "apply_stack", lambda msg: calls.append(msg) or
+                        apply_stack(msg))
+    w = torch.tensor([0.3, -0.4], requires_grad=True)
+
+    @scg.network
+    def net(subsample=None):
+        with scg.episodes(4), pyro.plate("rep", 2, dim=-2, subsample_size=subsample):
+            n = 2 if subsample is None else subsample
+            a = scg.message("a", dist.Bernoulli(logits=w[:n, None].expand(n, 4)), coagent="f")
+            scg.reward("r", a * torch.tensor([[1.0], [-2.0]])[:n])
+
+    est = scg.compile(net)
+    torch.manual_seed(0)
+    fast = torch.autograd.grad(est().loss, w)[0]
+    assert not [m for m in calls if "scg_role" in m["infer"]]
+    torch.manual_seed(0)
+    with poutine.block(hide_fn=lambda msg: False):
+        slow = torch.autograd.grad(est().loss, w)[0]
+    assert [m for m in calls if "scg_role" in m["infer"]]
+    assert torch.equal(fast, slow)
+    from scg.core.context import fast_path_frame
+    for size, fast in ((None, True), (3, False)):
+        plate = pyro.plate("p", 10, dim=-1, subsample_size=size)
+        with plate:
+            assert fast_path_frame(plate) is fast

@@ -69,7 +69,7 @@ def test_dice_benchmark_measures_the_scg_update(tmp_path):
     out = tmp_path / "dice.json"
     assert dice.main(["--quick", "--repeats", "1", "--out", str(out)]) == 0
     rows = {r["implementation"]: r for r in json.loads(out.read_text())["rows"]}
-    assert set(rows) == {"hand-written torch", "scg order='any'"}
+    assert set(rows) == {"hand-written torch", "hand-written, per step", "scg order='any'"}
     assert all(r["ms"] > 0 for r in rows.values())
     pyro.set_rng_seed(0)
     theta1, theta2, g = dice._thetas()
@@ -79,3 +79,25 @@ def test_dice_benchmark_measures_the_scg_update(tmp_path):
         assert x.shape == y.shape == (5,) and torch.isfinite(x).all()
         assert not x.requires_grad
     assert mine[2].abs().sum() > 0
+
+
+def test_per_step_dice_reference_is_unbiased():
+    """benchmarks/dice.py's per-step hand-written update estimates grad_1 V1 and grad_2 V2 of
+    the finite-horizon closed form (err/se over 40 batches; the opposite direction is many se
+    away). Its LOLA term multiplies two sampled factors, so it is not compared here."""
+    from benchmarks import dice
+    from scg.models.ipd_exact import values_finite
+
+    torch.manual_seed(1)
+    theta1, theta2, g = dice._thetas()
+    theta1, theta2 = theta1.double().detach().requires_grad_(), \
+        theta2.double().detach().requires_grad_()
+    V1, V2 = values_finite(theta1, theta2, 0.9, 4)
+    exact = torch.cat([torch.autograd.grad(V1, theta1, retain_graph=True)[0],
+                       torch.autograd.grad(V2, theta2)[0]])
+    draws = torch.stack([torch.cat(dice.stepwise_update(theta1, theta2, 256, 4, 0.9, None)[:2])
+                         for _ in range(40)])
+    z = (draws.mean(0) - exact) / (draws.std(0) / 40 ** 0.5)
+    assert z.abs().max() < 5, z
+    wrong = (draws.mean(0) + exact) / (draws.std(0) / 40 ** 0.5)
+    assert wrong.abs().max() > 5

@@ -13,6 +13,7 @@ import torch
 from pyro.poutine.indep_messenger import IndepMessenger
 from pyro.poutine.mask_messenger import MaskMessenger
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.plate_messenger import PlateMessenger
 from pyro.poutine.runtime import _PYRO_STACK
 
 from ..errors import ScgError
@@ -45,6 +46,7 @@ class RunContext(Messenger):
         self._costs = None    # the part of it in effect for costs
         self._pending = None  # (t, in_steps) of calls not yet in effect for costs, or None
         self.previous = {}  # asynchronous unit's base name -> its last output
+        self._stack_key, self._stack_info = None, None   # stack_info's cache
 
     @property
     def done(self):
@@ -57,6 +59,18 @@ class RunContext(Messenger):
         self.cost_mask()              # calls of an earlier step are in effect for costs now
         self._done = mask
         self._pending = (self.t, self.in_steps)
+
+    def stack_info(self):
+        """(the enclosing plates as :func:`active_plates`, whether every handler on the stack
+        is one the fast path reproduces, the plates' (dim, size)): computed once per state of
+        Pyro's handler stack (the key holds the frames, so it cannot match a new stack)."""
+        key = tuple(_PYRO_STACK)
+        if key != self._stack_key:
+            plates = tuple(active_plates())
+            self._stack_key = key
+            self._stack_info = (plates, all(fast_path_frame(f) for f in key),
+                                [(dim, size) for _, dim, size, _ in plates])
+        return self._stack_info
 
     def cost_mask(self):
         """The termination mask in effect for a cost emitted now (see the class docstring)."""
@@ -133,8 +147,13 @@ def no_episodes_hint(plates, shape):
 
 def fast_path_frame(frame):
     """Whether the fast path reproduces handler ``frame``'s effect on an scg site: its class
-    (not a subclass) declares ``scg_fast_path = True``, or it is ``poutine.mask``."""
+    (not a subclass) declares ``scg_fast_path = True``, or it is ``poutine.mask``, or a
+    vectorised ``pyro.plate`` that does not subsample (its effect on a site whose distribution
+    already has the plate's size is none: scale 1, no broadcast; scg reads plates from the
+    stack, not from ``cond_indep_stack``)."""
     cls = type(frame)
+    if cls is pyro.plate or cls is PlateMessenger:
+        return frame.dim is not None and frame.subsample_size == frame.size
     return cls is MaskMessenger or cls.__dict__.get("scg_fast_path", False)
 
 
@@ -145,7 +164,7 @@ def sample_site(name, fn, role, coagent=None, obs=None, **extra):
         raise ScgError(f"{role} {name!r}: {type(fn).__module__}.{type(fn).__name__} is not a "
                        "Pyro distribution; use pyro.distributions (same names as "
                        "torch.distributions)")
-    plates = tuple(active_plates())
+    plates, fast, sizes = run.stack_info()
     if not plates and any(n != 1 for n in getattr(fn, "batch_shape", ())):
         step = f" (step {run.t})" if run.in_steps else ""
         raise ScgError(f"{role} {name!r}{step} has batch shape {tuple(fn.batch_shape)}, but no "
@@ -154,8 +173,7 @@ def sample_site(name, fn, role, coagent=None, obs=None, **extra):
                        "one draw's event dims, move them to the right with .to_event()")
     infer = {"scg_role": role, "scg_coagent": coagent, "scg_plates": plates}
     infer.update(extra)
-    if all(fast_path_frame(f) for f in _PYRO_STACK) and \
-            has_plate_sizes(fn, [(dim, size) for _, dim, size, _ in plates]):
+    if fast and has_plate_sizes(fn, sizes):
         return _fast_sample(run, name, fn, obs, infer)
     return pyro.sample(name, fn, obs=obs, infer=infer)
 
