@@ -190,3 +190,18 @@ def test_a_gate_that_does_not_read_the_option_is_no_termination_unit():
     assert d["sensor"].units[0].bit == ["look"]
     assert all(not u.reading for rule in d.rules.values() for u in rule.units), str(d)
     assert "Bacon" not in str(d)
+
+
+def test_rules_with_own_objectives_name_each_coagents_costs():
+    """With to=, each coagent's rule is credited with its own costs only and the footer says
+    each climbs its own J_i; without it, both rules credit both rewards."""
+    from test_any_order import repeated_pd
+
+    split = str(scg.derive(repeated_pd(True)[0], 2, gamma=0.9))
+    A, B = split.split("coagent B")
+    assert "r1_t'" in A and "r2_t'" not in A
+    assert "r2_t'" in B and "r1_t'" not in B.split("(γ")[0]
+    assert "own objective J_i" in split
+    shared = str(scg.derive(repeated_pd(False)[0], 2, gamma=0.9))
+    assert shared.count("r1_t' + Σ_{t' ≥ t} γ^(t'−t) r2_t'") == 2
+    assert "own objective" not in shared and "ascent direction on J," in shared

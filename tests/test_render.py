@@ -342,3 +342,19 @@ def test_dot_lays_steps_out_in_time_order_and_bits_small(entry):
         if node(s, bit)["kind"] == "exec":
             assert float(at[bit]["width"]) < float(at[unit]["width"]) / 2
             assert float(at[bit]["height"]) < float(at[unit]["height"])
+
+
+@pytest.mark.parametrize("view", [{}, {"rolled": True}, {"unrolled": 3}])
+def test_credit_edges_follow_each_coagents_own_objective(view):
+    """With rewards addressed by to= (design.md §8), each agent's sites are drawn credited with
+    its own reward only, in every view (the unrolled view was drawn with both); shared rewards
+    credit both agents."""
+    from test_any_order import repeated_pd
+
+    def edges(split):
+        s = R.spec(*R.view(scg.compile(repeated_pd(split)[0]), (2,), {}, **view))
+        return {(split_name(u), split_name(v)) for u, v, _ in R.credit_edges(s)}
+
+    split_name = lambda n: split(n)[0]  # noqa: E731
+    assert edges(True) == {("a1", "r1"), ("a2", "r2")}
+    assert edges(False) == {(a, r) for a in ("a1", "a2") for r in ("r1", "r2")}

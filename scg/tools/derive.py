@@ -68,9 +68,11 @@ class Derivation:
     """The learning rules of a compiled network: ``str()`` is plain text (words and symbols),
     :meth:`latex` the same rules in LaTeX, ``rules`` the structured form (coagent -> Rule)."""
 
-    def __init__(self, rules, gamma, baseline, discount_score, estimator, objective):
+    def __init__(self, rules, gamma, baseline, discount_score, estimator, objective,
+                 own=False):
         self.rules, self.gamma, self.baseline = rules, gamma, baseline
         self.discount_score, self.estimator, self.objective = discount_score, estimator, objective
+        self.own = own   # costs addressed by to=: each coagent climbs its own J_i (§8)
 
     def __getitem__(self, coagent):
         return self.rules[coagent]
@@ -137,8 +139,10 @@ class Derivation:
         return "loo" if unit.episodes >= 2 else "avg"
 
     def _footer(self):
+        on = ("each coagent's own objective J_i (its costs addressed by to=)" if self.own
+              else "J")
         lines = [f"(γ = {self.gamma:g}; baseline {self.baseline}; Δθ is the ascent direction "
-                 "on J, the negative gradient of the local loss)"]
+                 f"on {on}, the negative gradient of the local loss)"]
         if not self.discount_score:
             lines.append("(discount_score=False: the common rule without γ^t on the score term, "
                          "as in many texts; not ∇J: biased for γ < 1)")
@@ -444,7 +448,7 @@ def derive(model, *args, est=None, kwargs=None, **options):
             shared.setdefault(c, set()).update(set(cs) - {c})
     o = est.options
     return Derivation(rules(g, shared), est.gamma, o["baseline"], o["discount_score"],
-                      o["estimator"], o["objective"])
+                      o["estimator"], o["objective"], own=g.graph.get("objectives") is not None)
 
 
 def _episodes(plates):

@@ -31,7 +31,7 @@ Conventions (Pyro's plate notation, plus roles and time):
 import graphviz
 
 from ..compiler.graph import credited_costs
-from ..compiler.passes import roll, rolled_credit, split, unroll
+from ..compiler.passes import climber, roll, rolled_credit, split, unroll
 from ..errors import ScgError
 from ..estimators.estimator import compile
 
@@ -341,7 +341,15 @@ def view(est, args, kwargs, rolled=False, unrolled=None):
         return roll(direct(g)), rolled_credit(g)
     if unrolled:
         g = unroll(roll(g), unrolled)
-    return direct(g), {(s, c): [] for s, cs in credited_costs(g).items() for c in cs}
+    return direct(g), {(s, c): [] for s, cs in credited_costs(g).items() for c in cs
+                       if in_objective(g, s, c)}
+
+
+def in_objective(g, site, cost):
+    """Whether ``cost`` enters the objective the coagent of ``site`` climbs (design.md §8): a
+    graph unrolled from the rolled one has not been through the objectives pass."""
+    to = g.nodes[cost].get("to")
+    return to is None or climber(g.nodes[site]) in to
 
 
 def render(model, *args, est=None, rolled=False, unrolled=None, credit=False, **kwargs):
