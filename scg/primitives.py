@@ -233,6 +233,17 @@ def addressed(to, where):
     return tuple(sorted(set(names)))
 
 
+def point_mass(v):
+    """``pyro.distributions.Delta(v, validate_args=False)``, the distribution of a cost's
+    site, built without its generic constructor (argument binding, a zero ``log_density`` the
+    size of the batch): a cost is a site per step, and this is its largest fixed cost. Its
+    ``log_density`` is a zero scalar, which broadcasts where Delta's has the batch shape."""
+    d = object.__new__(dist.Delta)
+    d.v, d.log_density = v, v.new_zeros(())
+    d._batch_shape, d._event_shape, d._validate_args = v.shape, torch.Size(), False
+    return d
+
+
 def _value_site(name, value, role, coagent=None, to=None):
     _check_name(name)
     to = addressed(to, f"{role} {name!r}")
@@ -243,12 +254,12 @@ def _value_site(name, value, role, coagent=None, to=None):
     value = as_tensor(value)
     if not value.is_floating_point():
         value = value.to(torch.get_default_dtype())
-    plates = active_plates()
+    plates = require_run(f"scg.{role}({name!r})").stack_info().plates
     shape = plate_shape(plates)
     if value.shape != shape and not expands_to(value.shape, shape):
         raise ScgError(f"{role} {name!r} has shape {tuple(value.shape)}, but its plates imply "
                        f"batch shape {tuple(shape)}{no_episodes_hint(plates, value.shape)}")
-    fn = dist.Delta(value.expand(shape) if value.shape != shape else value, validate_args=False)
+    fn = point_mass(value.expand(shape) if value.shape != shape else value)
     sample_site(name, fn, role, coagent, obs=value, scg_value_shape=tuple(value.shape),
                 scg_to=to)
     return value

@@ -318,3 +318,106 @@ def test_a_plain_pyro_plate_keeps_the_fast_path(monkeypatch):
         plate = pyro.plate("p", 10, dim=-1, subsample_size=size)
         with plate:
             assert fast_path_frame(plate) is fast
+
+
+def test_point_mass_behaves_as_pyros_delta():
+    """A cost site's distribution is built without Delta's constructor: the same class, shapes,
+    value, log-probability and expansion as ``dist.Delta(v, validate_args=False)``, and a
+    Pyro trace scores it."""
+    from scg.primitives import point_mass
+
+    for v in (torch.tensor(1.5), torch.randn(4), torch.randn(3, 2, dtype=torch.float64)):
+        a, b = point_mass(v), dist.Delta(v, validate_args=False)
+        assert type(a) is type(b) and a.batch_shape == b.batch_shape
+        assert a.event_shape == b.event_shape and a.v is v
+        for x in (v, v + 1):
+            assert torch.equal(a.log_prob(x), b.log_prob(x))
+        big = (5,) + tuple(v.shape)
+        assert torch.equal(a.expand(big).log_prob(v.expand(big)),
+                           b.expand(big).log_prob(v.expand(big)))
+
+    @scg.network
+    def net():
+        with scg.episodes(3):
+            scg.message("m", dist.Bernoulli(logits=torch.zeros(3)), coagent="u")
+            scg.reward("r", torch.ones(3))
+
+    tr = poutine.trace(net).get_trace()
+    tr.compute_log_prob()
+    assert torch.equal(tr.nodes["r"]["log_prob"], torch.zeros(3))
+
+
+def test_stacked_costs_equal_each_cost():
+    """A cost group's values stacked at once equal :func:`scg.core.terms.cost` of each site,
+    cast to the run's dtype: rewards of mixed dtypes, a masked reward and a predictor."""
+    from scg.core.terms import cost, stacked_costs
+
+    pyro.set_rng_seed(0)
+    pred = torch.nn.Parameter(torch.zeros(4))
+
+    @scg.network
+    def net(kind):
+        with scg.episodes(4):
+            m = scg.message("m", dist.Bernoulli(logits=torch.zeros(4, dtype=torch.float64)),
+                            coagent="u")
+            scg.reward("r32", torch.arange(4.0))
+            scg.reward("r64", torch.arange(4, dtype=torch.float64) * 0.1)
+            if kind == "done":
+                scg.done(m.bool())
+                scg.reward("late", torch.ones(4))
+            if kind == "predict":
+                scg.predict("p", dist.Normal(pred, 1.0), obs=m.float(), coagent="u")
+
+    for kind in ("plain", "done", "predict"):
+        est = scg.compile(net)
+        sites = est.run((kind,), {}).sites
+        group = [s for s in sites if s.role != "message"]
+        like = torch.zeros((), dtype=torch.float64)
+        want = torch.stack([cost(s, like) for s in group])
+        got = stacked_costs(group, like)
+        assert got.dtype == torch.float64 and torch.equal(got, want), kind
+
+
+def test_canonical_params_of_per_instance_constraints():
+    """Parameter names are cached per distribution class only where ``arg_constraints`` is a
+    class attribute: a class that computes them per instance is asked every time."""
+    from scg.core.terms import canonical_params
+
+    class Either(dist.TorchDistribution):
+        def __init__(self, **params):
+            self.params = params
+            for k, v in params.items():
+                setattr(self, k, v)
+            super().__init__(torch.Size(), torch.Size(), validate_args=False)
+
+        @property
+        def arg_constraints(self):
+            return {k: torch.distributions.constraints.real for k in self.params}
+
+    a, b = torch.tensor(1.0), torch.tensor(2.0)
+    assert list(canonical_params(Either(loc=a))) == ["loc"]
+    assert list(canonical_params(Either(scale=b))) == ["scale"]
+    assert list(canonical_params(dist.Bernoulli(logits=a))) == ["logits"]
+    assert list(canonical_params(dist.Bernoulli(probs=torch.tensor(0.3)))) == ["logits"]
+
+
+def test_a_group_still_validates_replayed_values():
+    """A group of Bernoulli sites scored at once still refuses a value outside the support
+    (one a replay or a user's handler may put there): the shortcut skips only re-validating
+    the logits each site's distribution checked."""
+    from scg.core.terms import group_log_prob
+
+    @scg.network
+    def net():
+        with scg.episodes(2):
+            for _ in scg.steps(2):
+                scg.message("m", dist.Bernoulli(logits=torch.zeros(2)), coagent="u")
+            scg.reward("r", torch.ones(2))
+
+    from scg.core.record import record
+    sites, _ = record(net, (), {})
+    group = [s for s in sites if s.role == "message"]
+    assert group_log_prob(group).shape == (2, 2)
+    group[1].value = torch.tensor([2.0, 0.0])
+    with pytest.raises(ValueError, match="support"):
+        group_log_prob(group)

@@ -12,7 +12,7 @@ from scg.compiler import graph as G
 from scg.compiler import plan as P
 
 
-@pytest.mark.parametrize("n, gamma", [(1, 0.9), (7, 1.0), (300, 0.97), (1025, 0.5)])
+@pytest.mark.parametrize("n, gamma", [(1, 0.9), (7, 1.0), (300, 0.97), (1025, 0.5), (1025, 1.0)])
 def test_suffix_sums_equal_dense(n, gamma):
     rng = random.Random(n)
     times = sorted(rng.randrange(3 * n) for _ in range(n))

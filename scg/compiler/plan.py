@@ -246,7 +246,10 @@ def _credit(sg, cg, attrs, times, offset, scale, gamma, key="downstream"):
 
 def scan_levels(decay):
     """The per-level decays of the log-depth suffix scan: level l has ``d_l[k]``, the
-    discount from cost k to cost k + 2^l (0 past the end)."""
+    discount from cost k to cost k + 2^l (0 past the end). No levels when every discount is 1
+    (gamma = 1): the suffix sums are then a reversed cumulative sum."""
+    if all(x == 1.0 for x in decay[:-1]):
+        return []
     levels, d, shift = [], torch.tensor(decay, dtype=torch.float64), 1
     while shift < len(decay):
         levels.append(d)
@@ -257,7 +260,11 @@ def scan_levels(decay):
 
 def suffix_sums(c, levels):
     """``S_k = sum_{j >= k} (discount from k to j) c_j`` along dim 0, plus a zero row S_n: the
-    Hillis-Steele scan, log2(n) vectorised steps."""
+    Hillis-Steele scan, log2(n) vectorised steps; without levels (every discount 1), a
+    reversed cumulative sum."""
+    if not levels:
+        S = c.flip(0).cumsum(0).flip(0) if c.shape[0] > 1 else c
+        return torch.cat([S, S.new_zeros((1,) + S.shape[1:])])
     S, shift = c, 1
     view = (-1,) + (1,) * (c.dim() - 1)
     for d in levels:

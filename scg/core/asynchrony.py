@@ -17,7 +17,6 @@ outputs ``init``.
 
 import pyro.distributions as dist
 import torch
-from pyro import poutine
 
 from ..errors import ScgError
 from .context import expands_to, require_run, sample_site
@@ -41,9 +40,8 @@ def asynchronous_message(name, fn, coagent, execute, init, reparam, state=None):
     last = previous_step(run, name, init, where)
     bit, source = execution_bit(name, execute, batch, where, device_of(fn), float_dtype_of(fn),
                                 coagent)
-    with poutine.mask(mask=bit):
-        draw = sample_site(name, fn, "message", coagent, scg_reparam=bool(reparam),
-                           scg_execute=source, scg_bit=bit, scg_state=state)
+    draw = sample_site(name, fn, "message", coagent, mask=bit, scg_reparam=bool(reparam),
+                       scg_execute=source, scg_bit=bit, scg_state=state)
     draw = draw if reparam else draw.detach()
     prev = initial_output(init, draw, where) if last is None else last
     if prev.shape != draw.shape:

@@ -19,6 +19,29 @@ from pyro.poutine.runtime import _PYRO_STACK
 from ..errors import ScgError
 
 
+class StackInfo:
+    """What a site needs to know of the handler stack ``frames`` (innermost last):
+    ``plates``, the enclosing plates as :func:`active_plates`; ``sizes``, their (dim, size);
+    ``fast``, whether the fast path reproduces every handler (:func:`fast_path_frame`); and
+    for the fast path, the ``poutine.mask`` masks (innermost first), the replaying handlers
+    (innermost first) and the recorders (outermost first), in the order Pyro would call them."""
+
+    __slots__ = ("plates", "sizes", "fast", "masks", "replays", "recorders")
+
+    @classmethod
+    def of(cls, frames):
+        info = cls()
+        info.plates = tuple(active_plates())
+        info.sizes = tuple((dim, size) for _, dim, size, _ in info.plates)
+        info.fast = all(fast_path_frame(f) for f in frames)
+        inner = frames[::-1]
+        info.masks = tuple(f.mask for f in inner if type(f) is MaskMessenger)
+        info.replays = tuple(f for f in inner if type(f) is not MaskMessenger
+                             and hasattr(f, "replay_site"))
+        info.recorders = tuple(f for f in frames if hasattr(f, "record_site"))
+        return info
+
+
 class RunContext(Messenger):
     """Time and termination for one run of a network.
 
@@ -61,15 +84,11 @@ class RunContext(Messenger):
         self._pending = (self.t, self.in_steps)
 
     def stack_info(self):
-        """(the enclosing plates as :func:`active_plates`, whether every handler on the stack
-        is one the fast path reproduces, the plates' (dim, size)): computed once per state of
-        Pyro's handler stack (the key holds the frames, so it cannot match a new stack)."""
+        """A :class:`StackInfo` of Pyro's handler stack now: computed once per state of the
+        stack (the key holds the frames, so it cannot match a new stack)."""
         key = tuple(_PYRO_STACK)
         if key != self._stack_key:
-            plates = tuple(active_plates())
-            self._stack_key = key
-            self._stack_info = (plates, all(fast_path_frame(f) for f in key),
-                                [(dim, size) for _, dim, size, _ in plates])
+            self._stack_key, self._stack_info = key, StackInfo.of(key)
         return self._stack_info
 
     def cost_mask(self):
@@ -157,14 +176,17 @@ def fast_path_frame(frame):
     return cls is MaskMessenger or cls.__dict__.get("scg_fast_path", False)
 
 
-def sample_site(name, fn, role, coagent=None, obs=None, **extra):
-    """A Pyro sample site carrying scg's metadata in its ``infer`` dict."""
+def sample_site(name, fn, role, coagent=None, obs=None, mask=None, **extra):
+    """A Pyro sample site carrying scg's metadata in its ``infer`` dict; ``mask``: a bool mask
+    applied as an innermost ``poutine.mask`` would (an asynchronous unit's execution bit),
+    without entering one (a handler per site changes the stack the fast path checks)."""
     run = require_run(f"scg.{role}({name!r})")
     if not callable(fn):
         raise ScgError(f"{role} {name!r}: {type(fn).__module__}.{type(fn).__name__} is not a "
                        "Pyro distribution; use pyro.distributions (same names as "
                        "torch.distributions)")
-    plates, fast, sizes = run.stack_info()
+    info = run.stack_info()
+    plates = info.plates
     if not plates and any(n != 1 for n in getattr(fn, "batch_shape", ())):
         step = f" (step {run.t})" if run.in_steps else ""
         raise ScgError(f"{role} {name!r}{step} has batch shape {tuple(fn.batch_shape)}, but no "
@@ -173,8 +195,11 @@ def sample_site(name, fn, role, coagent=None, obs=None, **extra):
                        "one draw's event dims, move them to the right with .to_event()")
     infer = {"scg_role": role, "scg_coagent": coagent, "scg_plates": plates}
     infer.update(extra)
-    if fast and has_plate_sizes(fn, sizes):
-        return _fast_sample(run, name, fn, obs, infer)
+    if info.fast and has_plate_sizes(fn, info.sizes):
+        return _fast_sample(run, info, name, fn, obs, infer, mask)
+    if mask is not None:
+        with pyro.poutine.mask(mask=mask):
+            return pyro.sample(name, fn, obs=obs, infer=infer)
     return pyro.sample(name, fn, obs=obs, infer=infer)
 
 
@@ -182,11 +207,15 @@ def has_plate_sizes(fn, dims_sizes):
     """Whether ``fn``'s batch shape already has each plate's size at the plate's dim (then
     Pyro's plate broadcast would be a no-op ``expand``)."""
     shape = getattr(fn, "batch_shape", None)
-    return shape is not None and all(len(shape) >= -dim and shape[dim] == size
-                                     for dim, size in dims_sizes)
+    if shape is None:
+        return False
+    for dim, size in dims_sizes:   # a plain loop: all() over a generator costs more here
+        if len(shape) < -dim or shape[dim] != size:
+            return False
+    return True
 
 
-def _fast_sample(run, name, fn, obs, infer):
+def _fast_sample(run, info, name, fn, obs, infer, mask=None):
     """``pyro.sample`` when the only handlers are scg's own: the same message, processed by
     what those handlers do (plates: nothing, the distribution already has their sizes; the run
     context: time, ``@t`` and the done mask; ``poutine.mask``: its mask; the recorder: the
@@ -194,22 +223,17 @@ def _fast_sample(run, name, fn, obs, infer):
     machinery, which costs more than a small site. Any other handler (``poutine.trace``,
     ``condition``, a user's plate) takes the full path."""
     msg = {"type": "sample", "name": name, "fn": fn, "is_observed": obs is not None,
-           "args": (), "kwargs": {}, "value": obs, "infer": infer, "mask": None,
+           "args": (), "kwargs": {}, "value": obs, "infer": infer, "mask": mask,
            "done": False, "stop": False, "cond_indep_stack": ()}
-    replays = []
-    for frame in reversed(_PYRO_STACK):
-        if type(frame) is MaskMessenger:  # as MaskMessenger._process_message
-            msg["mask"] = frame.mask if msg["mask"] is None else msg["mask"] & frame.mask
-        elif hasattr(frame, "replay_site"):
-            replays.append(frame)
+    for mask in info.masks:  # as MaskMessenger._process_message
+        msg["mask"] = mask if msg["mask"] is None else msg["mask"] & mask
     run._process_message(msg)   # time, name@t, done: before a replay looks the name up
-    for frame in replays:
+    for frame in info.replays:
         frame.replay_site(msg)
     if obs is None and not msg["done"]:
         msg["value"] = fn()
-    for frame in _PYRO_STACK:
-        if hasattr(frame, "record_site"):
-            frame.record_site(msg)
+    for frame in info.recorders:
+        frame.record_site(msg)
     return msg["value"]
 
 

@@ -11,6 +11,7 @@ is selected away (exactly 0), not multiplied.
 """
 
 import copy
+import inspect
 
 import pyro.distributions as dist
 import torch
@@ -30,16 +31,14 @@ def canonical_params(fn):
     (never ``probs``) for distributions that have both, ``scale_tril`` (never the covariance or
     precision matrix) for a multivariate normal, otherwise every key of its
     ``arg_constraints`` whose attribute is a tensor, in sorted order."""
-    keys = sorted(fn.arg_constraints)
-    drop = set()
-    if "logits" in keys:
-        drop.add("probs")
-    if "scale_tril" in keys:
-        drop.update(("covariance_matrix", "precision_matrix"))
+    keys = _KEYS.get(type(fn)) if "arg_constraints" not in fn.__dict__ else None
+    if keys is None:
+        keys = _canonical_keys(fn.arg_constraints)
+        if "arg_constraints" not in fn.__dict__ and \
+                isinstance(inspect.getattr_static(type(fn), "arg_constraints", None), dict):
+            _KEYS[type(fn)] = keys   # a class attribute, not computed per instance
     out = {}
     for k in keys:
-        if k in drop:
-            continue
         try:
             v = getattr(fn, k)
         except (AttributeError, NotImplementedError):
@@ -47,6 +46,20 @@ def canonical_params(fn):
         if isinstance(v, torch.Tensor):
             out[k] = v
     return out
+
+
+_KEYS = {}   # distribution class -> its canonical parameter names (canonical_params)
+
+
+def _canonical_keys(arg_constraints):
+    """The names :func:`canonical_params` reads: sorted, one parameterisation of each."""
+    keys = sorted(arg_constraints)
+    drop = set()
+    if "logits" in keys:
+        drop.add("probs")
+    if "scale_tril" in keys:
+        drop.update(("covariance_matrix", "precision_matrix"))
+    return tuple(k for k in keys if k not in drop)
 
 
 # Distribution classes whose constructor takes exactly their canonical parameters, so a copy
@@ -123,7 +136,12 @@ def group_log_prob(group):
             stacked = torch.stack(logits)
             values = torch.stack([s.value.detach() for s in group])
             if all(s.mask is None for s in group):
-                return kind(logits=stacked).log_prob(values)
+                # each site's distribution validated its own logits; the values (replayed or
+                # conditioned ones may lie outside the support) are validated here
+                d = kind(logits=stacked, validate_args=False)
+                if group[0].fn._validate_args:
+                    d._validate_sample(values)
+                return d.log_prob(values)
             ones = torch.ones((), dtype=torch.bool, device=stacked.device)
             mask = torch.stack([(ones if s.mask is None else s.mask).expand(values.shape[1:])
                                 for s in group])
@@ -172,6 +190,18 @@ def cost(site, like=None):
     if like is not None and (v.dtype != like.dtype or v.device != like.device):
         v = v.to(device=like.device, dtype=like.dtype)
     return masked(v, site.mask)
+
+
+def stacked_costs(group, like):
+    """The masked values of a cost group, stacked ``[n, *batch]``: :func:`cost` of each site,
+    in ``like``'s dtype and on its device. Unmasked rewards and costs of one shape are stacked
+    as they are and cast once."""
+    vs = [s.fn.v for s in group if s.role != "predict" and s.mask is None]
+    if len(vs) == len(group) and all(v.shape == vs[0].shape for v in vs):
+        C = torch.stack(vs)
+        return C if C.dtype == like.dtype and C.device == like.device else \
+            C.to(device=like.device, dtype=like.dtype)
+    return torch.stack([cost(s, like) for s in group])
 
 
 def predictor_log_prob(site):

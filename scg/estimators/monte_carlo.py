@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..compiler.plan import apply_credit, suffix_sums
-from ..core.terms import common_float, cost, group_log_prob
+from ..core.terms import common_float, group_log_prob, stacked_costs
 from ..errors import ScgError
 
 
@@ -111,7 +111,7 @@ def costs(sites, plan, verify=False):
         raise ScgError("the network emitted no reward, cost or predictor: nothing to optimise")
     ref = common_float(sites)   # the run's float dtype and device; costs are cast to it
     tensors = plan.on(ref.device, ref.dtype)
-    C = [torch.stack([cost(sites[i], ref) for i in g.index]) for g in plan.costs]
+    C = [stacked_costs([sites[i] for i in g.index], ref) for g in plan.costs]
     per_cost = [c.reshape(c.shape[0], -1).sum(1) * k for c, k in zip(C, tensors["coef"])]
     objective = sum(v.sum() for v in per_cost)
     if (verify or ref.device.type == "cpu") and not torch.isfinite(objective):

@@ -389,12 +389,16 @@ def _enumerate_check(est, args, space, model, order=1, directions=8, seed=0):
     credited = {id(p): p for ps in params.values() for p in ps}
     extras = [p for k, p in leaves(J).items() if k not in credited]
     allp = list(credited.values()) + extras
-    exact, estimate = _grad(J, allp), _grad(E, allp)
     anyorder = est.order == "any"
+    coagents = list(params)
+    # the estimator's gradients (its loss, then each local loss) in one pass over its graph
+    estimate, *local = _grads([E] + [Ei.get(c, 0.0) for c in coagents], allp)
+    local = dict(zip(coagents, local))
     target = J if not (Jc and anyorder) else sum(Jc[c] for c in est.coagents if c in Jc)
-    if Jc and anyorder:   # loss = the sum of the local losses, each L of its J_i
-        exact = _grad(target, allp)
-    elif Jc:   # each coagent's parameters climb its own J_i: the exact gradient is that block
+    exact, *mine_exact = _grads([target] + ([Jc.get(c, J) for c in coagents] if anyorder
+                                            else []), allp)
+    mine_exact = dict(zip(coagents, mine_exact))
+    if Jc and not anyorder:   # each coagent's parameters climb its own J_i: that block
         exact = _objective_grads(Jc, params, allp, exact)
     rows = [_row("total", exact, estimate)]
     floor = ZERO * rows[0].norm_exact
@@ -406,10 +410,10 @@ def _enumerate_check(est, args, space, model, order=1, directions=8, seed=0):
     for c, ps in params.items():
         own = [p for p in ps if id(p) not in shared]
         if anyorder:   # local[c] is L of J_c in every parameter (design.md §8)
-            rows.append(_row(c, _grad(Jc.get(c, J), allp), _grad(Ei.get(c, 0.0), allp), floor))
-        elif own:   # grad J on a coagent's parameters: its part of the total (one backward)
+            rows.append(_row(c, mine_exact[c], local[c], floor))
+        elif own:   # grad J on a coagent's parameters: its part of the total
             mine = torch.cat([exact[at[id(p)]] for p in own])
-            rows.append(_row(c, mine, _grad(Ei.get(c, 0.0), own), floor))
+            rows.append(_row(c, mine, torch.cat([local[c][at[id(p)]] for p in own]), floor))
     if order == 2:
         U, H = _directions(allp, directions, seed), {}
 
@@ -512,6 +516,29 @@ def _grad(y, params):
     gs = torch.autograd.grad(y, params, retain_graph=True, allow_unused=True)
     return torch.cat([(g if g is not None else torch.zeros_like(p)).flatten()
                       for g, p in zip(gs, params)]).double()
+
+
+def _grads(ys, params):
+    """``[_grad(y, params) for y in ys]`` in one vmapped backward pass where the outputs share
+    a graph (the estimator's loss and its local losses: one walk of every enumerated run's
+    graph instead of one per output); one pass per output where an op has no batching rule."""
+    live = [i for i, y in enumerate(ys) if isinstance(y, torch.Tensor) and y.requires_grad]
+    if len(live) < 2 or not params:
+        return [_grad(y, params) for y in ys]
+    y = torch.stack([ys[i].reshape(()) for i in live])
+    try:
+        with warnings.catch_warnings():   # vmap's note on ops it loops over
+            warnings.filterwarnings("ignore", message=".*performance drop.*")
+            gs = torch.autograd.grad(y, params, grad_outputs=torch.eye(len(live)).to(y),
+                                     retain_graph=True, allow_unused=True,
+                                     is_grads_batched=True)
+    except RuntimeError:
+        return [_grad(y, params) for y in ys]
+    flat = torch.cat([(g if g is not None else torch.zeros((len(live),) + p.shape,
+                                                            dtype=p.dtype))
+                      .reshape(len(live), -1) for g, p in zip(gs, params)], 1).double()
+    rows = dict(zip(live, flat))
+    return [rows[i] if i in rows else _grad(y, params) for i, y in enumerate(ys)]
 
 
 def _directions(params, directions, seed):
