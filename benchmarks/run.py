@@ -383,8 +383,16 @@ Profiled with cProfile (`python -m cProfile -s tottime`) on the chains:
   run, and analysed by replay when it comes again. Reusing one horizon's analysis for another
   without a run is not sound (a model may branch on `t` in Python), so a repeated new
   structure still pays one analysis.
-- What remains on chains is Pyro's per-site machinery (`pyro.sample`, the handler stack, one
-  `Delta` per reward, a site record) against a hand-written loop that creates no site
+- **Per-site work.** A reward's point mass is built without Delta's generic constructor (no
+  zero `log_density` the size of the batch); what the fast path needs of the handler stack
+  (plates, masks, replaying handlers, recorders) is found once per state of the stack; an
+  asynchronous unit's execution bit is applied as the site's mask without entering a
+  `poutine.mask` per site (which changed the stack at every site); a cost group is stacked
+  and cast once; undiscounted credit (gamma = 1) is one reversed cumulative sum instead of
+  the log-depth scan; a Bernoulli or Categorical group's stacked logits are not validated
+  again (each site validated its own; the values still are).
+- What remains on chains is Pyro's per-site machinery (`pyro.sample`, a distribution
+  object per site, a site record) against a hand-written loop that creates no site
   objects at all. Part of the gap is not scg's: the scg workloads sample from
   `pyro.distributions`, the hand-written losses from `torch.distributions`, and Pyro's
   Bernoulli samples more slowly than torch's on this CPU.
@@ -398,8 +406,8 @@ Profiled with cProfile (`python -m cProfile -s tottime`) on the chains:
   what scg adds (the handler stack, the site records, the surrogates) is no more than it saves
   by stacking each group's logits once (a function whose backward is one `unbind`:
   torch.stack's backward is one `select` per site, and the second-order pass turns each
-  select into a zero tensor of the whole stack, quadratic in the group's size). Since this
-  issue a vectorised `pyro.plate` that does not subsample (the model's seeds plate) no
+  select into a zero tensor of the whole stack, quadratic in the group's size). Now a
+  vectorised `pyro.plate` that does not subsample (the model's seeds plate) no
   longer sends every site through Pyro's generic handler stack, and the fast path's check of
   the stack runs once per state of the stack rather than once per site: in back-to-back
   `--phases` runs the model's run fell from about 80 to about 45 ms. Reaching 1.5x needs
