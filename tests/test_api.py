@@ -402,10 +402,10 @@ def test_canonical_params_of_per_instance_constraints():
 
 
 def test_a_group_still_validates_replayed_values():
-    """A group of Bernoulli sites scored at once still refuses a value outside the support
-    (one a replay or a user's handler may put there): the shortcut skips only re-validating
-    the logits each site's distribution checked."""
-    from scg.core.terms import group_log_prob
+    """Scoring still refuses a value outside the support where a replay or a user's handler
+    put it there, in a group and for one site: only a site's own draw (in the support by
+    construction) and the logits each site's distribution checked are not validated again."""
+    from scg.core.terms import group_log_prob, log_prob
 
     @scg.network
     def net():
@@ -414,10 +414,15 @@ def test_a_group_still_validates_replayed_values():
                 scg.message("m", dist.Bernoulli(logits=torch.zeros(2)), coagent="u")
             scg.reward("r", torch.ones(2))
 
-    from scg.core.record import record
+    from scg.core.record import Fix, record
     sites, _ = record(net, (), {})
     group = [s for s in sites if s.role == "message"]
+    assert all(s.sampled for s in group)   # own draws: in the support, not validated again
     assert group_log_prob(group).shape == (2, 2)
-    group[1].value = torch.tensor([2.0, 0.0])
+    sites, _ = record(net, (), {}, Fix({"m@1": torch.tensor([2.0, 0.0])}))
+    group = [s for s in sites if s.role == "message"]
+    assert [s.sampled for s in group] == [True, False]
     with pytest.raises(ValueError, match="support"):
         group_log_prob(group)
+    with pytest.raises(ValueError, match="support"):
+        log_prob(group[1])

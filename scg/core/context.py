@@ -231,7 +231,7 @@ def _fast_sample(run, info, name, fn, obs, infer, mask=None):
     for frame in info.replays:
         frame.replay_site(msg)
     if obs is None and not msg["done"]:
-        msg["value"] = fn()
+        msg["value"], msg["scg_sampled"] = fn(), True
     for frame in info.recorders:
         frame.record_site(msg)
     return msg["value"]

@@ -26,6 +26,7 @@ class Site:
     plates: tuple
     infer: dict
     version: int = 0
+    sampled: bool = False   # the value is the site's own draw from fn (so in its support)
 
     def check_unchanged(self):
         """Raise if the site's value was written in place after the site: a sampled value's
@@ -89,7 +90,7 @@ class Recorder(Messenger):
         value = msg["value"]
         return Site(msg["name"], infer["scg_role"], infer["scg_coagent"], infer["scg_time"],
                     msg["fn"], value, msg["mask"], infer["scg_plates"], infer,
-                    getattr(value, "_version", 0))
+                    getattr(value, "_version", 0), msg.get("scg_sampled", False))
 
 
 

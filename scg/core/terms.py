@@ -117,8 +117,14 @@ def guarded(fn, mask):
 
 
 def log_prob(site):
-    """A stochastic site's masked log-probability (its score term's log p)."""
-    return masked(guarded(site.fn, site.mask).log_prob(site.value.detach()), site.mask)
+    """A stochastic site's masked log-probability (its score term's log p). The value of a
+    site's own draw is not validated again (it lies in the support: it was drawn from ``fn``,
+    and :meth:`~scg.core.record.Site.check_unchanged` refuses one written in place)."""
+    fn = guarded(site.fn, site.mask)
+    if site.sampled and fn._validate_args:
+        fn = copy.copy(fn)
+        fn._validate_args = False
+    return masked(fn.log_prob(site.value.detach()), site.mask)
 
 
 # Distributions whose log-probabilities a group computes in one call from stacked logits.
@@ -136,10 +142,11 @@ def group_log_prob(group):
             stacked = torch.stack(logits)
             values = torch.stack([s.value.detach() for s in group])
             if all(s.mask is None for s in group):
-                # each site's distribution validated its own logits; the values (replayed or
-                # conditioned ones may lie outside the support) are validated here
+                # each site's distribution validated its own logits; the values are validated
+                # here unless each is its site's own draw (a replayed or conditioned one may
+                # lie outside the support)
                 d = kind(logits=stacked, validate_args=False)
-                if group[0].fn._validate_args:
+                if group[0].fn._validate_args and not all(s.sampled for s in group):
                     d._validate_sample(values)
                 return d.log_prob(values)
             ones = torch.ones((), dtype=torch.bool, device=stacked.device)
