@@ -20,8 +20,9 @@ from ..errors import ScgError
 
 class Baseline:
     """``baseline(group, R, sites, update) -> (b, regressions)`` for one site group: ``b``
-    with R's shape, and the critic regression terms ``[(coagent, loss)]`` (None if none).
-    A baseline owns whatever state it keeps between calls; nothing else writes it."""
+    with R's shape (None: b = 0, no operation on R), and the critic regression terms
+    ``[(coagent, loss)]`` (None if none). A baseline owns whatever state it keeps between
+    calls; nothing else writes it."""
 
     def __call__(self, group, R, sites, update):
         raise NotImplementedError
@@ -35,10 +36,10 @@ class Baseline:
 
 
 class NoBaseline(Baseline):
-    """b = 0."""
+    """b = 0 (returned as None: the estimators skip R - 0)."""
 
     def __call__(self, group, R, sites, update):
-        return torch.zeros_like(R), None
+        return None, None
 
 
 class DecayingAverage(Baseline):

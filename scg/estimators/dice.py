@@ -167,6 +167,8 @@ def _baseline_terms(sites, plan, tensors, C, lps, score, masks, baseline, update
         b, regressions = baseline(g, R, sites, update)
         for coagent, r in regressions or ():
             critic.setdefault(coagent, []).append(r - r.detach())
+        if b is None:   # b = 0: no term
+            continue
         kappa = tensors["kappa"][i].reshape((-1,) + (1,) * (R.dim() - 1))
         total = total + (score[i] * (kappa * b.detach())).sum()
     return total

@@ -139,8 +139,8 @@ def _score(sites, plan, tensors, C, baseline, update, score):
         lp = group_log_prob([sites[k] for k in g.index])
         R = _returns(lp, i, plan, tensors, C, sums)
         b, regressions = baseline(g, R, sites, update)
-        kappa = tensors["kappa"][i].reshape((-1,) + (1,) * (R.dim() - 1))
-        term = (lp * (kappa * (R - b)).detach()).reshape(lp.shape[0], -1).sum(1)
+        A = R if b is None else R - b   # kappa_s is per site: applied to the site's sum
+        term = (lp * A.detach()).reshape(lp.shape[0], -1).sum(1) * tensors["kappa"][i]
         score = score.index_add(0, tensors["site_owner"][i], term - term.detach())
         for coagent, r in regressions or ():
             critic = (score.new_zeros(len(plan.coagents)) if critic is None else critic) \
