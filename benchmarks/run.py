@@ -42,15 +42,15 @@ def timed(fn):
     return time.perf_counter() - t
 
 
-def per_iteration(work, repeats, warmup=2):
+def per_iteration(work, repeats, warmup=2, clock=timed):
     """Median seconds per iteration of scg and of the hand-written loss, alternating."""
     for _ in range(warmup):
         work.scg_iteration()
         work.hand_iteration()
     s, h = [], []
     for _ in range(repeats):
-        s.append(timed(work.scg_iteration))
-        h.append(timed(work.hand_iteration))
+        s.append(clock(work.scg_iteration))
+        h.append(clock(work.hand_iteration))
     return statistics.median(s), statistics.median(h)
 
 
@@ -316,9 +316,14 @@ def page(r, args):
     for t in r.get("throughput_cuda", []):
         lines += ["", f"On CUDA, batch {t['batch']}: {t['steps_per_s']:.0f} environment steps "
                   "per second."]
-    if not r.get("throughput_cuda"):
-        lines += ["", "No CUDA device on this machine: the CUDA rows (the same network on the "
-                  "GPU) are measured where `torch.cuda.is_available()`."]
+    stored_cuda = ROOT / "benchmarks" / "cuda.json"
+    if stored_cuda.exists():
+        from benchmarks.cuda import markdown as cuda_markdown
+        lines += ["", "## On a GPU", ""] + cuda_markdown(json.loads(stored_cuda.read_text()))
+    elif not r.get("throughput_cuda"):
+        lines += ["", "No CUDA device on this machine, and no stored `benchmarks/cuda.json`: the "
+                  "CUDA rows (the talking agents at batch 4,096 and the gridworld on the GPU) "
+                  "are written by `python benchmarks/cuda.py` on a machine with one."]
     v = r["variance"]
     lines += ["", "## Gradient variance", "",
               f"{v['setup']}", "",

@@ -121,22 +121,22 @@ class TalkingAgents:
     """The talking agents: A and B, each a GRU cell whose state emits a message (one of
     M) and predicts the data D_t from the partner's message; the per-step data is a Markov chain
     over K symbols. Cost: both predictors' log-likelihoods (also trained directly). Batch B,
-    T steps, gamma = 1, no baseline."""
+    T steps, gamma = 1, no baseline; on ``device``."""
 
-    def __init__(self, B=512, T=16, H=32, M=8, K=4):
-        self.B, self.T, self.H, self.M, self.K = B, T, H, M, K
+    def __init__(self, B=512, T=16, H=32, M=8, K=4, device="cpu"):
+        self.B, self.T, self.H, self.M, self.K, self.device = B, T, H, M, K, device
         g = torch.Generator().manual_seed(0)
-        self.P = torch.softmax(3 * torch.randn(K, K, generator=g), -1)
+        self.P = torch.softmax(3 * torch.randn(K, K, generator=g), -1).to(device)
         self.agents = torch.nn.ModuleDict({n: torch.nn.ModuleDict({
             "gru": torch.nn.GRUCell(K + M, H), "msg": torch.nn.Linear(H, M),
-            "pred": torch.nn.Linear(H + M, K)}) for n in "AB"})
+            "pred": torch.nn.Linear(H + M, K)}) for n in "AB"}).to(device)
         self.opt = torch.optim.Adam(self.agents.parameters(), lr=1e-3)
         agents = self.agents
 
         @scg.network
         def talk(D):
             with scg.episodes(D.shape[1]):
-                h = {n: torch.zeros(D.shape[1], H) for n in "AB"}
+                h = {n: torch.zeros(D.shape[1], H, device=D.device) for n in "AB"}
                 for t in scg.steps(D.shape[0]):
                     m = {n: scg.message(f"m{n}", dist.Categorical(logits=agents[n]["msg"](h[n])),
                                         coagent=n) for n in "AB"}
@@ -153,7 +153,7 @@ class TalkingAgents:
         self.est = scg.compile(talk, baseline="none")
 
     def data(self):
-        D = [torch.randint(0, self.K, (self.B,))]
+        D = [torch.randint(0, self.K, (self.B,), device=self.device)]
         for _ in range(self.T - 1):
             D.append(torch.multinomial(self.P[D[-1]], 1).squeeze(-1))
         return torch.stack(D)
@@ -165,7 +165,7 @@ class TalkingAgents:
     def hand_iteration(self, D=None):
         D = self.data() if D is None else D
         ag, M, K = self.agents, self.M, self.K
-        h = {n: torch.zeros(self.B, self.H) for n in "AB"}
+        h = {n: torch.zeros(self.B, self.H, device=self.device) for n in "AB"}
         lps, qs = {n: [] for n in "AB"}, {n: [] for n in "AB"}
         for t in range(self.T):
             m = {}

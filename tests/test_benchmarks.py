@@ -21,8 +21,12 @@ def grads(work, which, seed):
 
 
 @pytest.mark.parametrize("make", [lambda: Chain(12, B=8), lambda: Layer(20, B=8),
-                                  lambda: TalkingAgents(B=16, T=4)],
-                         ids=["chain", "layer", "talking_agents"])
+                                  lambda: TalkingAgents(B=16, T=4),
+                                  pytest.param(lambda: TalkingAgents(B=16, T=4, device="cuda"),
+                                               marks=pytest.mark.skipif(
+                                                   not torch.cuda.is_available(),
+                                                   reason="needs a CUDA device"))],
+                         ids=["chain", "layer", "talking_agents", "talking_agents_cuda"])
 def test_scg_gradient_equals_hand_written(make):
     torch.set_default_dtype(torch.float32)
     work = make()

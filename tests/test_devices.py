@@ -5,17 +5,24 @@ the *default* device is ``meta`` (tensors without data). A tensor scg makes on t
 device instead of the model's then either fails (``meta`` tensors cannot be read) or ends up on
 ``meta``; and the gradient must equal the one computed without the trap. On a machine with CUDA
 the same models run on the GPU, a steady call under ``torch.cuda.set_sync_debug_mode("error")``
-(no host synchronisation on the hot path), and are skipped elsewhere.
+(no host synchronisation on the hot path), and are skipped elsewhere. On the CPU the same
+promise is checked by a probe (:class:`_HostReads`) that records every value read scg or Pyro
+makes in a steady call, with ``scg.core.devices.reads_are_free`` answering as on a GPU.
 """
 
 import contextlib
+import os
+import sys
+import warnings
 
 import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 import scg
+from scg.core import devices
 
 
 def asynchronous(device, dtype):
@@ -140,14 +147,25 @@ def test_cuda_steady_call_never_waits_for_the_device(case):
             est = scg.compile(model, baseline=baseline, verify=False)
             args = (64,)
         est(*args).loss.backward()
-        torch.cuda.synchronize()
-        torch.cuda.set_sync_debug_mode("error")
-        try:
+        with _no_host_sync():
             est(*args).loss.backward()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
     finally:
         pyro.enable_validation(True)
+
+
+@contextlib.contextmanager
+def _no_host_sync():
+    """Any host synchronisation inside raises (torch.cuda.set_sync_debug_mode("error"); its
+    'prototype feature' warning is expected). The mode is reset whatever happens, so that one
+    failure does not fail every later CUDA test."""
+    torch.cuda.synchronize()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Synchronization debug mode", UserWarning)
+            torch.cuda.set_sync_debug_mode("error")
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
 def gridworld_gradient(device, trap=False):
@@ -171,3 +189,146 @@ def test_the_zoos_gridworld_follows_its_parameters_device():
     assert device == "cpu" and len(plain) == 3
     for a, b in zip(plain, trapped):
         assert torch.equal(a, b)
+
+
+@cuda
+def test_cuda_the_zoos_gridworld_steady_call_never_waits_for_the_device():
+    """The batched asynchronous gridworld (the benchmark's CUDA row) on the GPU: its gradient
+    lives on the GPU, is finite, and a steady call with its backward pass makes no host
+    synchronisation."""
+    from scg.models.async_gridworld import Gridworld
+    torch.manual_seed(2)
+    world = Gridworld(3, 3, 6)
+    th = world.units(dtype=torch.float32, device="cuda")
+    pyro.enable_validation(False)
+    try:
+        est = scg.compile(world.episodes(th), baseline="loo", verify=False)
+        est(64).loss.backward()
+        with _no_host_sync():
+            out = est(64)
+            out.loss.backward()
+    finally:
+        pyro.enable_validation(True)
+    grads = [p.grad for p in th.parameters() if p.grad is not None]
+    assert out.loss.device.type == "cuda" and grads
+    assert all(g.device.type == "cuda" and torch.isfinite(g).all() for g in grads)
+
+
+@cuda
+@pytest.mark.parametrize("case", CASES, ids=["-".join(c) for c in CASES])
+def test_cuda_verify_mode_agrees_with_the_cached_plan(case):
+    """Verify mode (every run analysed afresh) on the GPU gives the cached plan's gradient."""
+    plain, _ = gradient(case, "cuda", torch.float64, verify=False)
+    checked, seen = gradient(case, "cuda", torch.float64, verify=True)
+    assert seen == {("cuda", torch.float64)}
+    for a, b in zip(plain, checked):
+        assert torch.allclose(a, b)
+
+
+# Without a GPU: the operations that would make the host wait for a device (they read a
+# tensor's values, or size their output by them), seen through torch's function hook, and the
+# frame that asked for them. It stands in for set_sync_debug_mode("error") on the CPU, where
+# scg's value checks are on by design: ``devices.reads_are_free`` is made to answer as on a GPU.
+_READS = {torch.Tensor.__bool__, torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__int__,
+          torch.Tensor.__float__, torch.Tensor.__index__, torch.Tensor.__repr__,
+          torch.Tensor.__format__, torch.Tensor.numpy, torch.equal, torch.nonzero,
+          torch.Tensor.nonzero, torch.argwhere, torch.unique, torch.Tensor.unique,
+          torch.masked_select, torch.Tensor.masked_select, torch.bincount,
+          torch.Tensor.bincount, torch.repeat_interleave, torch.Tensor.repeat_interleave}
+_TORCH = os.path.dirname(torch.__file__)
+_WATCHED = (os.path.dirname(scg.__file__), os.path.dirname(pyro.__file__))
+
+
+class _HostReads(TorchFunctionMode):
+    """Records every value read whose innermost caller outside torch is scg or Pyro."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        read = func in _READS or (
+            func in (torch.Tensor.__getitem__, torch.Tensor.__setitem__)
+            and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool
+                    for i in (args[1] if isinstance(args[1], tuple) else (args[1],))))
+        if read:
+            f = sys._getframe(1)
+            while f is not None and f.f_code.co_filename.startswith(_TORCH):
+                f = f.f_back
+            if f is not None and f.f_code.co_filename.startswith(_WATCHED):
+                self.seen.append(f"{getattr(func, '__name__', func)} at "
+                                 f"{f.f_code.co_filename}:{f.f_lineno} ({f.f_code.co_name})")
+        return func(*args, **(kwargs or {}))
+
+
+def _steady_reads(call, monkeypatch):
+    """The host reads scg and Pyro make in a steady call (after two warm-up calls), validation
+    off, with value reads answered as on a GPU."""
+    monkeypatch.setattr(devices, "reads_are_free", lambda tensor: False)
+    pyro.enable_validation(False)
+    try:
+        call()
+        call()
+        with _HostReads() as reads:
+            call()
+    finally:
+        pyro.enable_validation(True)
+    return reads.seen
+
+
+@pytest.mark.parametrize("case", CASES, ids=["-".join(c) for c in CASES])
+def test_steady_call_reads_no_value_on_the_host(case, monkeypatch):
+    baseline, estimator = case
+    if estimator == "td":
+        model, _ = online("cpu", torch.float32)
+        est = scg.compile(model, estimator="td", lam=0.9, verify=False)
+        args = (torch.zeros(64, dtype=torch.long),)
+    else:
+        model, _ = asynchronous("cpu", torch.float32)
+        est = scg.compile(model, baseline=baseline, verify=False)
+        args = (64,)
+    assert _steady_reads(lambda: est(*args).loss.backward(), monkeypatch) == []
+
+
+def test_the_zoos_gridworld_and_the_talking_agents_read_no_value_on_the_host(monkeypatch):
+    from benchmarks.workloads import TalkingAgents
+    from scg.models.async_gridworld import Gridworld
+    world = Gridworld(3, 3, 6)
+    est = scg.compile(world.episodes(world.units(dtype=torch.float32)), baseline="loo",
+                      verify=False)
+    assert _steady_reads(lambda: est(64).loss.backward(), monkeypatch) == []
+    torch.set_default_dtype(torch.float32)   # the workload's one-hot inputs are float32
+    monkeypatch.setenv("SCG_VERIFY", "0")     # as in the benchmark (the suite's default is on)
+    work = TalkingAgents(B=16, T=4)
+    work.step = lambda loss: loss.backward()
+    assert _steady_reads(work.scg_iteration, monkeypatch) == []
+
+
+def test_the_host_read_probe_sees_scgs_checks(monkeypatch):
+    """The probe is not blind: with value reads free (the CPU's answer), scg's execution-
+    probability check and its finite-cost check are seen."""
+    model, _ = asynchronous("cpu", torch.float32)
+    est = scg.compile(model, verify=False)
+    monkeypatch.setattr(devices, "reads_are_free", lambda tensor: True)
+    est(8)
+    with _HostReads() as reads:
+        est(8).loss.backward()
+    where = " ".join(reads.seen)
+    assert "_check_probability" in where and "costs" in where
+
+
+@pytest.mark.parametrize("baseline", ["none", "loo"])
+def test_a_plan_moves_to_a_device_without_reading_it(baseline):
+    """A plan's tensors move to another device once, their shortcut flags with them: a plan
+    moved to ``meta`` (tensors without values) keeps the CPU plan's flags. (Found on an H200:
+    the flags were read again from the GPU tensors, against a CPU ``arange``.)"""
+    model, _ = asynchronous("cpu", torch.float64)
+    est = scg.compile(model, baseline=baseline, verify=False)
+    est(4)
+    for plan in est.plans.values():
+        moved = plan.on(torch.device("meta"), torch.float32)
+        for key, credit in plan.credit.items():
+            there = moved["credit"][key]
+            assert there.site.device.type == "meta" and there.wa.dtype == torch.float32
+            assert (there.to_end, there.one_each, there.unit) == (
+                credit.to_end, credit.one_each, credit.unit)

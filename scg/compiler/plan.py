@@ -73,21 +73,27 @@ class Credit:
     wb: torch.Tensor     # [r] wa * gamma^(t_b - t_a) (0 when b = n_j)
     dims: tuple          # cost dims to sum for this site group
     view: tuple          # the reduced cost's view, aligned with the site group's batch
-    to_end: bool = False   # every run goes to the end of the group (wb = 0: no S_b term)
-    one_each: bool = False  # run k belongs to site k of every site (no index_add needed)
-    unit: bool = False     # every wa is 1 (no multiplication)
+    to_end: bool = None    # every run goes to the end of the group (wb = 0: no S_b term)
+    one_each: bool = None  # run k belongs to site k of every site (no index_add needed)
+    unit: bool = None      # every wa is 1 (no multiplication)
 
     def __post_init__(self):
-        n = self.site.shape[0]
-        self.to_end = bool((self.wb == 0).all())
-        self.one_each = bool(torch.equal(self.site, torch.arange(n)))
-        self.unit = bool((self.wa == 1).all())
+        """The shortcuts' flags, read once from the CPU tensors the compiler builds."""
+        if self.to_end is None:
+            self.to_end = bool((self.wb == 0).all())
+        if self.one_each is None:
+            n = self.site.shape[0]
+            self.one_each = bool(torch.equal(self.site, torch.arange(n, device=self.site.device)))
+        if self.unit is None:
+            self.unit = bool((self.wa == 1).all())
 
     def to(self, device, dtype):
+        """The same credit on a device and dtype; the flags travel (reading them from a GPU
+        tensor would wait for the device)."""
         mv = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
         ix = lambda t: t.to(device=device)  # noqa: E731
         return Credit(ix(self.site), ix(self.a), ix(self.b), mv(self.wa), mv(self.wb),
-                      self.dims, self.view)
+                      self.dims, self.view, self.to_end, self.one_each, self.unit)
 
 
 @dataclass

@@ -19,6 +19,7 @@ import pyro.distributions as dist
 import torch
 
 from ..errors import ScgError
+from . import devices
 from .context import expands_to, require_run, sample_site
 from .terms import canonical_params
 
@@ -119,8 +120,8 @@ def execution_bit(name, execute, batch, where, device=None, dtype=None, unit=Non
     if not execute.is_floating_point():
         raise ScgError(f"{where}: execute= has dtype {execute.dtype}; pass a probability "
                        "(float tensor) or an execution bit (bool tensor, e.g. term == 1)")
-    if execute.device.type == "cpu":   # elsewhere the check would wait for the device: the
-        _check_probability(execute, where)   # Bernoulli's own validation (if on) does it
+    if devices.reads_are_free(execute):   # elsewhere the check would wait for the device:
+        _check_probability(execute, where)  # Bernoulli's own validation (if on) does it
     exec_name = f"{name}.exec"
     e = sample_site(exec_name, dist.Bernoulli(probs=execute.expand(batch)), "message", exec_name,
                     scg_execution_of=name, scg_unit_coagent=unit)

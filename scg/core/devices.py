@@ -1,0 +1,14 @@
+"""Where reading a tensor's value is free.
+
+On the CPU a check such as ``if not torch.isfinite(x): raise ...`` costs nothing but the
+arithmetic. On an accelerator the same ``if`` makes the host wait until the device has run
+everything queued before it (a synchronisation), which on a small model costs more than the
+model. scg's steady-state checks that read values therefore run only where reading is free, or
+in verify mode; on a GPU the same faults are caught by ``torch.distributions``' validation and by
+``scg.compile(..., verify=True)``.
+"""
+
+
+def reads_are_free(tensor):
+    """Whether ``tensor``'s values can be read on the host without waiting for a device."""
+    return tensor.device.type == "cpu"
