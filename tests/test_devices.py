@@ -63,6 +63,17 @@ def online(device, dtype):
 CASES = [("auto", "mc"), ("avg", "mc"), ("loo", "mc"), ("critic", "mc"), ("none", "td")]
 
 
+def compiled(case, device, dtype, batch=64, verify=False):
+    """A case's estimator on ``device``, its call's arguments and the parameters."""
+    baseline, estimator = case
+    if estimator == "td":
+        model, params = online(device, dtype)
+        est = scg.compile(model, estimator="td", lam=0.9, verify=verify)
+        return est, (torch.zeros(batch, dtype=torch.long, device=device),), params
+    model, params = asynchronous(device, dtype)
+    return scg.compile(model, baseline=baseline, verify=verify), (batch,), params
+
+
 def gradient(case, device, dtype, verify, trap=False, calls=3):
     """The summed gradient of a few calls (same seed), and the outputs' devices and dtypes."""
     baseline, estimator = case
@@ -135,17 +146,9 @@ def test_cuda_gradient_equals_cpu_in_distribution(case):
 def test_cuda_steady_call_never_waits_for_the_device(case):
     """A steady call and its backward pass make no host synchronisation (validation off:
     torch.distributions' argument checks read the device by design)."""
-    baseline, estimator = case
     pyro.enable_validation(False)
     try:
-        if estimator == "td":
-            model, _ = online("cuda", torch.float32)
-            est = scg.compile(model, estimator="td", lam=0.9, verify=False)
-            args = (torch.zeros(64, dtype=torch.long, device="cuda"),)
-        else:
-            model, _ = asynchronous("cuda", torch.float32)
-            est = scg.compile(model, baseline=baseline, verify=False)
-            args = (64,)
+        est, args, _ = compiled(case, "cuda", torch.float32)
         est(*args).loss.backward()
         with _no_host_sync():
             est(*args).loss.backward()
@@ -278,15 +281,7 @@ def _steady_reads(call, monkeypatch):
 
 @pytest.mark.parametrize("case", CASES, ids=["-".join(c) for c in CASES])
 def test_steady_call_reads_no_value_on_the_host(case, monkeypatch):
-    baseline, estimator = case
-    if estimator == "td":
-        model, _ = online("cpu", torch.float32)
-        est = scg.compile(model, estimator="td", lam=0.9, verify=False)
-        args = (torch.zeros(64, dtype=torch.long),)
-    else:
-        model, _ = asynchronous("cpu", torch.float32)
-        est = scg.compile(model, baseline=baseline, verify=False)
-        args = (64,)
+    est, args, _ = compiled(case, "cpu", torch.float32)
     assert _steady_reads(lambda: est(*args).loss.backward(), monkeypatch) == []
 
 
@@ -332,3 +327,43 @@ def test_a_plan_moves_to_a_device_without_reading_it(baseline):
             assert there.site.device.type == "meta" and there.wa.dtype == torch.float32
             assert (there.to_end, there.one_each, there.unit) == (
                 credit.to_end, credit.one_each, credit.unit)
+
+
+# ``meta`` tensors have shapes and devices but no values: an estimator run whose parameters
+# live there stands in, on the CPU, for a device that scg must neither read (that raises) nor
+# mix with CPU tensors (that raises too, as it does on CUDA).
+@pytest.mark.parametrize("case", CASES, ids=["-".join(c) for c in CASES])
+def test_steady_calls_run_on_a_device_whose_values_cannot_be_read(case):
+    est, args, params = compiled(case, "meta", torch.float32, batch=16)
+    pyro.enable_validation(False)   # torch.distributions' argument checks read values
+    try:
+        for _ in range(3):   # the analysing first call, then the cached plan
+            out = est(*args)
+            out.loss.backward()
+    finally:
+        pyro.enable_validation(True)
+    assert out.loss.device.type == "meta"
+    assert all(p.grad is not None and p.grad.device.type == "meta" for p in params)
+
+
+def test_the_zoo_runs_on_a_device_whose_values_cannot_be_read():
+    """The asynchronous gridworld, and a LOLA-DiCE update on the IPD (order="any": gradients of
+    gradients), on meta parameters."""
+    from scg.models import ipd, lola
+    from scg.models.async_gridworld import Gridworld
+    world = Gridworld(3, 3, 6)
+    th = world.units(dtype=torch.float32, device="meta")
+    est = scg.compile(world.episodes(th), baseline="loo", verify=False)
+    t1 = torch.zeros(2, 5, device="meta", requires_grad=True)
+    t2 = torch.zeros(2, 5, device="meta", requires_grad=True)
+    pyro.enable_validation(False)
+    try:
+        for _ in range(2):
+            est(8).loss.backward()
+        lola_est = ipd.compile_ipd(verify=False)
+        for _ in range(2):
+            n1, n2 = lola.lola_step(lola_est, t1, t2, (8, 3), lr=1.0, eta=1.0)
+    finally:
+        pyro.enable_validation(True)
+    assert all(p.grad.device.type == "meta" for p in th.values() if p.grad is not None)
+    assert n1.device.type == n2.device.type == "meta" and n1.shape == (2, 5)

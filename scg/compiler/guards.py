@@ -21,6 +21,7 @@ import numbers
 
 import torch
 
+from ..core import devices
 from ..errors import ScgError
 
 SMALL_ARRAY = 4096  # numpy arguments up to this many elements are guarded by value
@@ -90,7 +91,7 @@ def check_replay(sites, replayed):
         raise ScgError("the model's structure changed when replayed with the same sampled "
                        "values: randomness outside scg sites? use scg.env for it")
     for s, r in zip(sites, replayed):
-        if s.role in ("reward", "cost") and not torch.equal(s.fn.v, r.fn.v):
+        if s.role in ("reward", "cost") and not devices.same_values(s.fn.v, r.fn.v):
             raise ScgError(
                 f"{s.role} {s.name!r} (step {s.time}) changed when the run was replayed with the "
                 "same sampled values: the model keeps state between runs (an environment "
