@@ -316,14 +316,14 @@ def page(r, args):
     for t in r.get("throughput_cuda", []):
         lines += ["", f"On CUDA, batch {t['batch']}: {t['steps_per_s']:.0f} environment steps "
                   "per second."]
-    stored_cuda = ROOT / "benchmarks" / "cuda.json"
-    if stored_cuda.exists():
-        from benchmarks.cuda import markdown as cuda_markdown
-        lines += ["", "## On a GPU", ""] + cuda_markdown(json.loads(stored_cuda.read_text()))
+    stored_gpu = ROOT / "benchmarks" / "gpu.json"
+    if stored_gpu.exists():
+        from benchmarks.gpu import markdown as gpu_markdown
+        lines += ["", "## On a GPU", ""] + gpu_markdown(json.loads(stored_gpu.read_text()))
     elif not r.get("throughput_cuda"):
-        lines += ["", "No CUDA device on this machine, and no stored `benchmarks/cuda.json`: the "
+        lines += ["", "No CUDA device on this machine, and no stored `benchmarks/gpu.json`: the "
                   "CUDA rows (the talking agents at batch 4,096 and the gridworld on the GPU) "
-                  "are written by `python benchmarks/cuda.py` on a machine with one."]
+                  "are written by `python benchmarks/gpu.py` on a machine with one."]
     v = r["variance"]
     lines += ["", "## Gradient variance", "",
               f"{v['setup']}", "",
@@ -380,6 +380,14 @@ Profiled with cProfile (`python -m cProfile -s tottime`) on the chains:
   (`is_grads_batched`, a vmap) cost more than the whole closed-form update of the tabular
   reference, so the online row is also given against the same update with autograd's
   per-episode gradients, as one writes it for a neural policy.
+- **Devices.** On an H200 (issue 16's one GPU session, torch 2.11) every Monte Carlo
+  estimate first failed: a plan moved to the GPU read its shortcut flags again from the GPU
+  tensors, against a CPU `arange`. The flags now travel with the plan, and the CPU suite runs
+  every estimator, the gridworld and a LOLA-DiCE update on `meta` parameters (shapes without
+  values: a value read or a CPU tensor mixed in raises) and records the host reads of steady
+  calls with value checks answered as on a GPU (none are left). The GPU rows
+  (`python benchmarks/gpu.py`) wait for a session with a GPU: the one lent this issue was
+  withdrawn after the first run.
 - **First calls.** The first call of an estimator is analysed as it happens: a run under
   provenance tracking costs several plain runs (a Python `TorchFunctionMode` handler per torch
   operation, about 37,000 of them on the depth-1,000 chain), so the fresh first call stays at

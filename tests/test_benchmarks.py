@@ -1,10 +1,16 @@
 """The benchmarks compare like with like: on the same random draws, scg's gradient equals the
 hand-written loss's gradient for every workload."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from benchmarks.workloads import Chain, Layer, OnlineWalk, TalkingAgents
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def grads(work, which, seed):
@@ -105,3 +111,14 @@ def test_per_step_dice_reference_is_unbiased():
     assert z.abs().max() < 5, z
     wrong = (draws.mean(0) + exact) / (draws.std(0) / 40 ** 0.5)
     assert wrong.abs().max() > 5
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in BENCHMARKS.glob("*.py")
+                                          if '__name__ == "__main__"' in p.read_text()))
+def test_every_benchmark_script_starts(script):
+    """Run as a script, a benchmark's folder comes first on sys.path: a file there named like a
+    module torch imports (cuda.py did) breaks ``import torch``. ``--help`` must work."""
+    out = subprocess.run([sys.executable, str(BENCHMARKS / script), "--help"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "usage" in out.stdout

@@ -1,8 +1,9 @@
-"""scg on a CUDA device: the GPU rows of the benchmark (issue 16 §5), written to JSON.
+"""scg on a CUDA device: the GPU rows of the benchmark (issue 16 §5), written to JSON. (Not named
+cuda.py: run as a script, its folder comes first on sys.path, and torch imports a module `cuda`.)
 
-    python benchmarks/cuda.py --out benchmarks/cuda.json
+    python benchmarks/gpu.py --out benchmarks/gpu.json
 
-Needs a machine with CUDA; ``benchmarks/run.py`` puts the stored ``benchmarks/cuda.json`` into
+Needs a machine with CUDA; ``benchmarks/run.py`` puts the stored ``benchmarks/gpu.json`` into
 ``docs/performance.md`` (a machine without a GPU cannot remeasure it). Rows:
 
 * the talking agents (GRU, 16 steps) at batch 512 and 4,096 on the GPU, per iteration against
@@ -45,11 +46,11 @@ def talking_agents(batch, repeats):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "cuda.json"))
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "gpu.json"))
     ap.add_argument("--repeats", type=int, default=20)
     args = ap.parse_args()
     if not torch.cuda.is_available():
-        sys.exit("benchmarks/cuda.py: no CUDA device here (torch.cuda.is_available() is False)")
+        sys.exit("benchmarks/gpu.py: no CUDA device here (torch.cuda.is_available() is False)")
     torch.manual_seed(0)
     r = {"machine": f"{torch.cuda.get_device_name()}, {platform.processor() or platform.machine()}"
                     f" host, torch {torch.__version__}", "iteration": [], "throughput": []}
@@ -68,7 +69,7 @@ def main():
 
 def markdown(r):
     """The CUDA section of docs/performance.md from a stored cuda.json."""
-    lines = [f"Measured on {r['machine']} by `python benchmarks/cuda.py` (not rerun by this "
+    lines = [f"Measured on {r['machine']} by `python benchmarks/gpu.py` (not rerun by this "
              "command); each iteration's clock stops after a device synchronisation.", "",
              "| workload | scg (ms) | hand-written (ms) | ratio |", "|---|---:|---:|---:|"]
     lines += [f"| {x['workload']} | {x['scg_ms']:.2f} | {x['hand_ms']:.2f} | "
