@@ -1,5 +1,4 @@
-"""scg on a CUDA device: the GPU rows of the benchmark (issue 16 §5), written to JSON. (Not named
-cuda.py: run as a script, its folder comes first on sys.path, and torch imports a module `cuda`.)
+"""scg on a CUDA device: the GPU rows of the benchmark (issue 16 §5), written to JSON.
 
     python benchmarks/gpu.py --out benchmarks/gpu.json
 
@@ -11,6 +10,9 @@ Needs a machine with CUDA; ``benchmarks/run.py`` puts the stored ``benchmarks/gp
   ``torch.cuda.synchronize()``;
 * the batched asynchronous gridworld, environment steps per second at batch 1,024 and 16,384
   on the GPU, and at 1,024 on the same machine's CPU for scale.
+
+(Not named cuda.py: run as a script, its folder comes first on sys.path, and torch imports a
+module ``cuda``.)
 """
 
 import argparse
@@ -68,7 +70,7 @@ def main():
 
 
 def markdown(r):
-    """The CUDA section of docs/performance.md from a stored cuda.json."""
+    """The GPU section of docs/performance.md from a stored gpu.json."""
     lines = [f"Measured on {r['machine']} by `python benchmarks/gpu.py` (not rerun by this "
              "command); each iteration's clock stops after a device synchronisation.", "",
              "| workload | scg (ms) | hand-written (ms) | ratio |", "|---|---:|---:|---:|"]

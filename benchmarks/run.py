@@ -210,11 +210,6 @@ def main():
     results["throughput"] = gridworld_throughput(64 if args.quick else 1024)
     print(f"  {results['throughput']['steps_per_s']:.0f} steps/s on "
           f"{results['throughput']['device']}")
-    if torch.cuda.is_available():   # the CUDA row, where the machine has a GPU
-        results["throughput_cuda"] = [gridworld_throughput(b, device="cuda")
-                                      for b in ([64] if args.quick else [1024, 16384])]
-        for t in results["throughput_cuda"]:
-            print(f"  batch {t['batch']}: {t['steps_per_s']:.0f} steps/s on cuda")
 
     print("first calls against depth (seconds; ratios to a steady call)")
     for n in chains:
@@ -313,15 +308,12 @@ def page(r, args):
               f"Batched asynchronous gridworld network (batch {t['batch']}, 4x4, horizon 30, "
               "estimator call + backward + SGD step): "
               f"{t['steps_per_s']:.0f} environment steps per second on {t['device']}."]
-    for t in r.get("throughput_cuda", []):
-        lines += ["", f"On CUDA, batch {t['batch']}: {t['steps_per_s']:.0f} environment steps "
-                  "per second."]
     stored_gpu = ROOT / "benchmarks" / "gpu.json"
     if stored_gpu.exists():
         from benchmarks.gpu import markdown as gpu_markdown
         lines += ["", "## On a GPU", ""] + gpu_markdown(json.loads(stored_gpu.read_text()))
-    elif not r.get("throughput_cuda"):
-        lines += ["", "No CUDA device on this machine, and no stored `benchmarks/gpu.json`: the "
+    else:
+        lines += ["", "No stored `benchmarks/gpu.json`: the "
                   "CUDA rows (the talking agents at batch 4,096 and the gridworld on the GPU) "
                   "are written by `python benchmarks/gpu.py` on a machine with one."]
     v = r["variance"]

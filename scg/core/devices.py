@@ -3,9 +3,11 @@
 On the CPU a check such as ``if not torch.isfinite(x): raise ...`` costs nothing but the
 arithmetic. On an accelerator the same ``if`` makes the host wait until the device has run
 everything queued before it (a synchronisation), which on a small model costs more than the
-model. scg's steady-state checks that read values therefore run only where reading is free, or
-in verify mode; on a GPU the same faults are caught by ``torch.distributions``' validation and by
-``scg.compile(..., verify=True)``.
+model. scg's steady-state checks that read values (a floating ``execute=`` in [0, 1], finite
+costs) therefore run only where reading is free, or in verify mode. On a GPU without
+``verify=True`` an out-of-range ``execute=`` is still refused by the Bernoulli's own argument
+validation (when Pyro's validation is on), but a NaN or infinite cost is not named: it shows as
+a NaN loss.
 """
 
 import torch
