@@ -173,9 +173,10 @@ def test_online_traces_travel_with_each_chunk(cluster):
 def test_async_learns_and_replays(cluster):
     def run(replay=None):
         game, modules = signalling(seed=1)
-        t = scg.Trainer(game, states, optimizer="adam", lr=0.1, seed=0, progress=False,
-                        baseline="loo", modules=modules, workers=2, backend="ray",
-                        sync=False, max_staleness=1, replay=replay, verify=False)
+        t = scg.Trainer(game, lambda step: torch.arange(64) % 4, optimizer="adam", lr=0.1,
+                        seed=0, progress=False, baseline="loo", modules=modules, workers=2,
+                        backend="ray", sync=False, max_staleness=1, replay=replay,
+                        verify=False)
         try:
             t.fit(80)
         finally:
@@ -184,7 +185,10 @@ def test_async_learns_and_replays(cluster):
     t, params = run()
     early = sum(r["objective"] for r in t.history[:10]) / 10
     late = sum(r["objective"] for r in t.history[-10:]) / 10
-    assert late > 0.45 and late > early + 0.15, (early, late)   # chance: 0.25
+    # Chance is 0.25; a partial pooling equilibrium 0.5. Replaying 80 random arrival orders
+    # (one worker 0-100% ahead) at 64 episodes gave late >= 0.495 (16 episodes: 0.487, and a
+    # CI run under load collapsed to 0.21), so the margin holds whatever order Ray delivers.
+    assert late > 0.4 and late > early + 0.15, (early, late)
     assert len(t.arrivals) == 80
     assert all(r["staleness"] <= 1 for r in t.history if r["applied"])
     assert t.dropped == sum(1 - r["applied"] for r in t.history)
