@@ -76,6 +76,7 @@ class Credit:
     to_end: bool = None    # every run goes to the end of the group (wb = 0: no S_b term)
     one_each: bool = None  # run k belongs to site k of every site (no index_add needed)
     unit: bool = None      # every wa is 1 (no multiplication)
+    start: int = None      # a is start, start + 1, ...: S[a] is a slice (-1: it is not)
 
     def __post_init__(self):
         """The shortcuts' flags, read once from the CPU tensors the compiler builds."""
@@ -86,6 +87,11 @@ class Credit:
             self.one_each = bool(torch.equal(self.site, torch.arange(n, device=self.site.device)))
         if self.unit is None:
             self.unit = bool((self.wa == 1).all())
+        if self.start is None:
+            r = self.a.shape[0]
+            first = int(self.a[0]) if r else 0
+            self.start = first if torch.equal(self.a, torch.arange(first, first + r,
+                                                                    device=self.a.device)) else -1
 
     def to(self, device, dtype):
         """The same credit on a device and dtype; the flags travel (reading them from a GPU
@@ -93,7 +99,7 @@ class Credit:
         mv = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
         ix = lambda t: t.to(device=device)  # noqa: E731
         return Credit(ix(self.site), ix(self.a), ix(self.b), mv(self.wa), mv(self.wb),
-                      self.dims, self.view, self.to_end, self.one_each, self.unit)
+                      self.dims, self.view, self.to_end, self.one_each, self.unit, self.start)
 
 
 @dataclass
@@ -127,6 +133,7 @@ class Plan:
                 "credit": {k: c.to(device, dtype) for k, c in self.credit.items()},
                 "scans": [[mv(d) for d in levels] for levels in self.scans],
                 "kappa": [mv(k) for k in self.kappa],
+                "kappa_one": [bool((k == 1).all()) for k in self.kappa],   # skip * 1
                 "coef": [mv(c) for c in self.coef],
                 "site_owner": [torch.tensor(o, device=device) for o in self.site_owner],
                 "cost_owner": [_owners(o, device) for o in self.cost_owner],
@@ -285,11 +292,13 @@ def apply_credit(R, credit, S, like):
     dtype). The common shapes of credit (runs to the end of the group, one run per site, unit
     weights) skip the operations they would make no-ops."""
     view = (-1,) + (1,) * (S.dim() - 1)
-    runs = S[credit.a] if credit.unit else credit.wa.view(view) * S[credit.a]
+    runs = S[credit.start:credit.start + credit.a.shape[0]] if credit.start >= 0 else S[credit.a]
+    runs = runs if credit.unit else credit.wa.view(view) * runs
     if not credit.to_end:
         runs = runs - credit.wb.view(view) * S[credit.b]
     if credit.one_each and runs.shape[0] == like.shape[0]:
-        runs = runs.to(like.dtype).expand(like.shape)
+        runs = runs.expand(like.shape) if runs.dtype == like.dtype else \
+            runs.to(like.dtype).expand(like.shape)
         return runs if R is None else R + runs
     R = like.new_zeros(like.shape) if R is None else R
     return R.index_add(0, credit.site, runs.expand((runs.shape[0],) + R.shape[1:]).to(R.dtype))

@@ -122,8 +122,11 @@ def log_prob(site):
     and :meth:`~scg.core.record.Site.check_unchanged` refuses one written in place)."""
     fn = guarded(site.fn, site.mask)
     if site.sampled and fn._validate_args:
-        fn = copy.copy(fn)
-        fn._validate_args = False
+        fn._validate_args = False   # switched off for this call only (no copy: it is hot)
+        try:
+            return masked(fn.log_prob(site.value.detach()), site.mask)
+        finally:
+            fn._validate_args = True
     return masked(fn.log_prob(site.value.detach()), site.mask)
 
 
@@ -157,6 +160,8 @@ def group_log_prob(group):
             # each site's distribution validated its own logits; masked ones may hold NaN
             lp = kind(logits=stacked, validate_args=False).log_prob(values)
             return torch.where(mask, lp, lp.new_zeros(()))
+    if len(group) == 1:
+        return log_prob(group[0]).unsqueeze(0)   # a view: no stack to differentiate through
     return torch.stack([log_prob(s) for s in group])
 
 
@@ -205,7 +210,7 @@ def stacked_costs(group, like):
     as they are and cast once."""
     vs = [s.fn.v for s in group if s.role != "predict" and s.mask is None]
     if len(vs) == len(group) and all(v.shape == vs[0].shape for v in vs):
-        C = torch.stack(vs)
+        C = vs[0].unsqueeze(0) if len(vs) == 1 else torch.stack(vs)
         return C if C.dtype == like.dtype and C.device == like.device else \
             C.to(device=like.device, dtype=like.dtype)
     return torch.stack([cost(s, like) for s in group])

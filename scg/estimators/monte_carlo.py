@@ -9,6 +9,7 @@ relative returns R_s come from reverse cumulative sums of each cost group
 (:func:`scg.compiler.plan.suffix_sums`), never from Python loops over costs.
 """
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -81,10 +82,14 @@ def emit(sites, plan, baseline, update=True, verify=False):
     only under ``verify`` (the check waits for the device; ``scg.Trainer`` still refuses a
     non-finite loss before stepping)."""
     tensors, C, per_cost, objective = costs(sites, plan, verify)
-    owned, unowned = _pathwise(per_cost, tensors, objective.new_zeros(len(plan.coagents)))
-    score, critic = _score(sites, plan, tensors, C, baseline, update, owned)
-    local_terms = score if critic is None else score - critic
+    parts = _score_parts(sites, plan, tensors, C, baseline, update)
     stats = Stats({"return": objective.detach(), "sites": len(sites)})
+    if plan.objectives is None and len(plan.coagents) == 1:
+        loss = _one_coagent(parts, objective)
+        return Output(loss, {plan.coagents[0]: loss}, objective, stats,
+                      objectives={plan.coagents[0]: objective})
+    owned, unowned = _pathwise(per_cost, tensors, objective.new_zeros(len(plan.coagents)))
+    local_terms = _per_coagent(parts, plan, tensors, owned)
     if plan.objectives is None:
         loss = -(local_terms.sum() + unowned)
         neg = -(local_terms + unowned / max(len(plan.coagents), 1))
@@ -115,7 +120,7 @@ def costs(sites, plan, verify=False):
     C = [stacked_costs([sites[i] for i in g.index], ref) for g in plan.costs]
     per_cost = [c.reshape(c.shape[0], -1).sum(1) * k for c, k in zip(C, tensors["coef"])]
     objective = sum(v.sum() for v in per_cost)
-    if (verify or devices.reads_are_free(objective)) and not torch.isfinite(objective):
+    if (verify or devices.reads_are_free(objective)) and not math.isfinite(objective.item()):
         for g, c in zip(plan.costs, C):   # one fused check; the culprit only on failure
             _check_finite(g, c, sites)
     return tensors, C, per_cost, objective
@@ -132,22 +137,58 @@ def _pathwise(per_cost, tensors, zeros):
     return owned, unowned
 
 
-def _score(sites, plan, tensors, C, baseline, update, score):
-    """Add every site group's score terms into ``score`` (per coagent); returns it and the
-    critics' regression terms per coagent (None without a critic)."""
-    critic, sums = None, {}   # suffix sums per (cost group, reduction), shared by site groups
+def _score_parts(sites, plan, tensors, C, baseline, update):
+    """Per site group i: ``(i, lp, w, regressions)``, its log-probabilities ``[n, *batch]``,
+    their detached weights ``w = kappa_s (R_s - b_s)`` (None: nothing credited) and its
+    baseline's critic regressions ``[(coagent, r)]`` (or None). Evaluated at once, in group
+    order (a baseline learns from each group as it goes)."""
+    parts, sums = [], {}   # suffix sums per (cost group, reduction), shared by site groups
     for i, g in enumerate(plan.sites):
         lp = group_log_prob([sites[k] for k in g.index])
         R = _returns(lp, i, plan, tensors, C, sums)
         b, regressions = baseline(g, R, sites, update)
-        A = R if b is None else R - b   # kappa_s is per site: applied to the site's sum
-        term = (lp * A.detach()).reshape(lp.shape[0], -1).sum(1) * tensors["kappa"][i]
-        score = score.index_add(0, tensors["site_owner"][i], term - term.detach())
+        A = R if b is None else R - b   # kappa_s is per site
+        if not tensors["kappa_one"][i]:
+            A = A * tensors["kappa"][i].view((-1,) + (1,) * (A.dim() - 1))
+        parts.append((i, lp, A.detach(), regressions))
+    return parts
+
+
+def _one_coagent(parts, objective):
+    """The loss of a run with one coagent (its local loss too), summed as scalars in as few
+    autograd nodes as it takes (the common small model: the fixed cost per call is its cost):
+    ``(score.detach() - score) + (regression - regression.detach()) - objective``."""
+    score = _total((lp * w).sum() for _, lp, w, _ in parts)
+    loss = -objective if score is None else (score.detach() - score) - objective
+    regression = _total(r for *_, rs in parts for _, r in rs or ())
+    return loss if regression is None else loss + (regression - regression.detach())
+
+
+def _total(xs):
+    """The sum of ``xs`` (None for none), without Python's ``0 +`` node."""
+    total = None
+    for x in xs:
+        total = x if total is None else total + x
+    return total
+
+
+def _zero_valued(x, w, dims):
+    """``sum(x * w)`` over all but ``dims`` (all, for ``()``) with value zero and its gradient:
+    a score term (``w`` its weights) or a critic's regression (``w`` None)."""
+    t = x if w is None else x * w
+    t = t.sum() if dims == () else t.reshape(t.shape[0], -1).sum(1)
+    return t - t.detach()
+
+
+def _per_coagent(parts, plan, tensors, score):
+    """The score terms of every site group added into ``score`` (per coagent), less the
+    critics' regression terms (minimised) in their coagents' entries."""
+    for i, lp, w, regressions in parts:
+        score = score.index_add(0, tensors["site_owner"][i], _zero_valued(lp, w, 1))
         for coagent, r in regressions or ():
-            critic = (score.new_zeros(len(plan.coagents)) if critic is None else critic) \
-                .index_add(0, torch.tensor([plan.coagents.index(coagent)], device=r.device),
-                           (r - r.detach())[None])
-    return score, critic
+            at = torch.tensor([plan.coagents.index(coagent)], device=r.device)
+            score = score.index_add(0, at, -_zero_valued(r, None, ())[None])   # minimised
+    return score
 
 
 def _returns(lp, i, plan, tensors, C, sums):

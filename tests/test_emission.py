@@ -1,0 +1,73 @@
+"""Emission's two reductions of one run's score terms agree: the scalar sums of a one-coagent
+run (its local loss is the loss) and the per-coagent sums of every other run give the same
+value and the same gradient, in every parameter, critics' included; and emitting a run leaves
+the model's distributions as the model built them."""
+
+import pyro.distributions as dist
+import pytest
+import torch
+
+import scg
+from networks import REGISTRY
+from scg.estimators import monte_carlo
+from scg.estimators.baselines import KINDS
+
+ONE_COAGENT = ["replicas", "terminating", "interacting_agents"]
+
+
+def _reductions(est, args, seed):
+    """One run's loss by both reductions of the same score parts (the baseline not updated)."""
+    torch.manual_seed(seed)
+    est(*args)   # critics exist and avg has state before the run compared
+    sites, _, plan = est.traced(args, {})
+    tensors, C, per_cost, objective = monte_carlo.costs(sites, plan)
+    parts = monte_carlo._score_parts(sites, plan, tensors, C, est.baseline, False)
+    scalar = monte_carlo._one_coagent(parts, objective)
+    owned, unowned = monte_carlo._pathwise(per_cost, tensors,
+                                           objective.new_zeros(len(plan.coagents)))
+    per_coagent = -(monte_carlo._per_coagent(parts, plan, tensors, owned).sum() + unowned)
+    return plan, scalar, per_coagent
+
+
+@pytest.mark.parametrize("baseline", KINDS)
+@pytest.mark.parametrize("name", ONE_COAGENT)
+def test_one_coagent_sums_equal_per_coagent_sums(name, baseline):
+    model, args, opts = REGISTRY[name]()
+    args = tuple(a.repeat(4) for a in args)   # 8 episodes: baselines leave a nonzero gradient
+    est = scg.compile(model, baseline=baseline, **opts)
+    plan, scalar, per_coagent = _reductions(est, args, seed=3)
+    assert len(plan.coagents) == 1, plan.coagents
+    assert torch.allclose(scalar, per_coagent, atol=1e-12)
+    params = [p for p in est.parameters()] + list(est.critic_parameters())
+    g1 = torch.autograd.grad(scalar, params, retain_graph=True, allow_unused=True)
+    g2 = torch.autograd.grad(per_coagent, params, allow_unused=True)
+    assert any(a is not None and a.abs().sum() > 0 for a in g1)
+    for a, b in zip(g1, g2):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert torch.allclose(a, b, atol=1e-12)
+
+
+def test_one_coagent_run_gives_its_loss_as_its_local_loss():
+    model, args, opts = REGISTRY["replicas"]()
+    out = scg.compile(model, baseline="critic", **opts)(*args)
+    assert list(out.local) == ["f"] and out.local["f"] is out.loss
+    assert torch.allclose(out.loss, -out.objective)
+
+
+def test_emission_leaves_the_models_distributions_validating():
+    """The score term of a site's own draw skips validating it again, for that call only."""
+    th = torch.nn.Parameter(torch.zeros(4, dtype=torch.double))
+    made = []
+
+    @scg.network
+    def model():
+        with scg.episodes(4):
+            d = dist.Bernoulli(logits=th, validate_args=True)
+            made.append(d)
+            a = scg.message("a", d, coagent="p")
+            scg.reward("r", a)
+
+    out = scg.compile(model)()
+    out.loss.backward()
+    assert made and all(d._validate_args for d in made)
