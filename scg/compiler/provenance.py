@@ -58,11 +58,24 @@ def _name(func):
     return getattr(func, "__name__", "")
 
 
+_WRITES_BY_NAME = {}   # func -> whether its name says it writes in place (read once per func)
+
+
 def is_inplace(func, kwargs):
     """``x.add_(y)``, ``x += y``, ``x[i] = y``, ``out=x``: ops that write into a tensor."""
-    name = _name(func)
-    return (name in _INPLACE_DUNDERS or isinstance(kwargs.get("out"), torch.Tensor)
-            or (name.endswith("_") and not name.startswith("_") and name not in _NOT_WRITES))
+    if kwargs and isinstance(kwargs.get("out"), torch.Tensor):
+        return True
+    try:
+        return _WRITES_BY_NAME[func]
+    except KeyError:
+        name = _name(func)
+        by_name = _WRITES_BY_NAME[func] = name in _INPLACE_DUNDERS or (
+            name.endswith("_") and not name.startswith("_") and name not in _NOT_WRITES)
+        return by_name
+    except TypeError:   # an unhashable callable: decide by its name every time
+        name = _name(func)
+        return name in _INPLACE_DUNDERS or (
+            name.endswith("_") and not name.startswith("_") and name not in _NOT_WRITES)
 
 
 def _written(func, args, kwargs):
@@ -73,14 +86,20 @@ def _written(func, args, kwargs):
 
 
 def _tensors(x, out):
-    """Append every tensor in ``x`` (nested lists, tuples, dicts) to ``out``."""
+    """Append every tensor in ``x`` (nested lists, tuples, dicts) to ``out``. Called for every
+    operation of an analysed run: tensors and scalars among a container's items are handled
+    without a call of their own."""
     if isinstance(x, torch.Tensor):
         out.append(x)
-    elif isinstance(x, (list, tuple)):
-        for y in x:
-            _tensors(y, out)
-    elif isinstance(x, dict):
-        for y in x.values():
+        return out
+    if isinstance(x, dict):
+        x = x.values()
+    elif not isinstance(x, (list, tuple)):
+        return out
+    for y in x:
+        if isinstance(y, torch.Tensor):
+            out.append(y)
+        elif isinstance(y, (list, tuple, dict)):
             _tensors(y, out)
     return out
 
@@ -241,7 +260,7 @@ class Provenance(TorchFunctionMode):
                 p = self.table[id(t)] = frozenset({PARAMS})
                 self.keep.append(t)
             if p is not None:
-                prov = prov | p
+                prov = p if not prov else prov | p
             if self.writes:
                 p = self.writes.get(_storage(t))
                 if p is not None:
@@ -249,15 +268,18 @@ class Provenance(TorchFunctionMode):
         return prov
 
     def _mark(self, ret, prov):
-        for t in _tensors(ret, []):
-            self.table[id(t)] = self.table.get(id(t), frozenset()) | prov
+        for t in (ret,) if isinstance(ret, torch.Tensor) else _tensors(ret, []):
+            old = self.table.get(id(t))
+            self.table[id(t)] = prov if old is None else old | prov
             self.keep.append(t)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if self.busy:
             return func(*args, **kwargs)
-        prov = self._of((args, kwargs))
+        prov = self._of(args)
+        if kwargs:
+            prov = prov | self._of(kwargs)
         target = _written(func, args, kwargs) if is_inplace(func, kwargs) else None
         k = None if target is None else _storage(target)
         if k is not None and k in self.sampled and not self.quiet:
@@ -268,7 +290,7 @@ class Provenance(TorchFunctionMode):
         if not prov:
             return ret
         if not self.quiet and (_shape_from_data(func, args) or not (
-                _only_tensors(ret) or _name(func) in METADATA)):
+                isinstance(ret, torch.Tensor) or _only_tensors(ret) or _name(func) in METADATA)):
             self.escape(prov, _name(func))
         self._mark(ret, prov)
         if k is not None:   # pin the storage: its address must not be reused during the run
