@@ -71,3 +71,33 @@ def test_emission_leaves_the_models_distributions_validating():
     out = scg.compile(model)()
     out.loss.backward()
     assert made and all(d._validate_args for d in made)
+
+
+def test_a_run_pauses_the_garbage_collector_and_restores_it():
+    """The collector is off during a run, back on after it (also when the model raises), and
+    left off after a run of a program that had paused it."""
+    import gc
+
+    seen = []
+
+    @scg.network
+    def model(fail=False):
+        seen.append(gc.isenabled())
+        with scg.episodes(2):
+            scg.message("a", dist.Bernoulli(logits=torch.zeros(2)), coagent="p")
+            scg.reward("r", torch.ones(2))
+            if fail:
+                raise RuntimeError("the model's own error")
+
+    est = scg.compile(model)
+    assert gc.isenabled()
+    est()
+    with pytest.raises(RuntimeError, match="the model's own error"):
+        est(True)
+    assert seen == [False, False] and gc.isenabled()
+    gc.disable()
+    try:
+        est()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

@@ -3,6 +3,7 @@
 This runs on every call of a compiled estimator, so it does no provenance or graph work.
 """
 
+import gc
 from dataclasses import dataclass
 
 import torch
@@ -120,6 +121,26 @@ class Fix(Messenger):
             self.missing(msg)
 
     _pyro_sample = replay_site
+
+
+class paused_collector:
+    """Python's cyclic garbage collector paused for one run (``with paused_collector():``).
+
+    A run allocates a few containers per site (its message, its record) and keeps them alive
+    to the end, so collections triggered during the run find nothing to free but scan every
+    live object, and more of them the longer the run: on a depth-10,000 chain they were a
+    third of the call. Nothing is lost: garbage made during the run is collected once the
+    collector is back on. A collector the program paused itself stays paused."""
+
+    def __enter__(self):
+        self.was_on = gc.isenabled()
+        gc.disable()
+        return self
+
+    def __exit__(self, *exc):
+        if self.was_on:
+            gc.enable()
+        return False
 
 
 def record(model, args, kwargs, *handlers, recorder=None):

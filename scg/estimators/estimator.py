@@ -31,7 +31,7 @@ from ..compiler.guards import (
 )
 from ..compiler.plan import build as build_plan
 from ..compiler.provenance import Analysis
-from ..core.record import Recorder, record
+from ..core.record import Recorder, paused_collector, record
 from ..core.schema import COSTS
 from ..errors import ScgError
 from . import baselines, dice, monte_carlo, online
@@ -346,6 +346,10 @@ class Estimator(torch.nn.Module):
 
     # ---- emission ------------------------------------------------------------------------
     def run(self, args, kwargs, *handlers, update=True, sequential=True):
+        with paused_collector():   # a run's objects live to its end: nothing to collect
+            return self._run(args, kwargs, *handlers, update=update, sequential=sequential)
+
+    def _run(self, args, kwargs, *handlers, update, sequential):
         sites, value, plan = self.traced(args, kwargs, *handlers, sequential=sequential)
         for s in sites:   # both estimators: no value written in place after its site
             s.check_unchanged()
