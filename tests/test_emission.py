@@ -8,11 +8,29 @@ import pytest
 import torch
 
 import scg
-from networks import REGISTRY
+from networks import REGISTRY, lin, oh
 from scg.estimators import monte_carlo
 from scg.estimators.baselines import KINDS
 
-ONE_COAGENT = ["replicas", "terminating", "interacting_agents"]
+
+def predicting():
+    """One coagent with a pathwise cost (an entropy bonus) and a predictor of its own."""
+    f, q = lin(2, 1), lin(2, 1)
+
+    @scg.network
+    def model(s):
+        with scg.episodes(s.shape[0]):
+            pi = dist.Bernoulli(logits=f(oh(s, 2)).squeeze(-1))
+            m = scg.message("m", pi, coagent="f")
+            scg.cost("entropy", -0.1 * pi.entropy(), coagent="f")
+            scg.predict("p", dist.Normal(q(oh(m, 2)).squeeze(-1), 1.0), obs=s.double(),
+                        coagent="f")
+            scg.reward("r", m * (2 * s - 1))
+    return model, (torch.tensor([0, 1]),), {}
+
+
+NETWORKS = {**REGISTRY, "predicting": predicting}
+ONE_COAGENT = ["replicas", "terminating", "interacting_agents", "predicting"]
 
 
 def _reductions(est, args, seed):
@@ -32,7 +50,7 @@ def _reductions(est, args, seed):
 @pytest.mark.parametrize("baseline", KINDS)
 @pytest.mark.parametrize("name", ONE_COAGENT)
 def test_one_coagent_sums_equal_per_coagent_sums(name, baseline):
-    model, args, opts = REGISTRY[name]()
+    model, args, opts = NETWORKS[name]()
     args = tuple(a.repeat(4) for a in args)   # 8 episodes: baselines leave a nonzero gradient
     est = scg.compile(model, baseline=baseline, **opts)
     plan, scalar, per_coagent = _reductions(est, args, seed=3)

@@ -297,8 +297,7 @@ def apply_credit(R, credit, S, like):
     if not credit.to_end:
         runs = runs - credit.wb.view(view) * S[credit.b]
     if credit.one_each and runs.shape[0] == like.shape[0]:
-        runs = runs.expand(like.shape) if runs.dtype == like.dtype else \
-            runs.to(like.dtype).expand(like.shape)
+        runs = runs.to(like.dtype).expand(like.shape)   # may be a view of S: never written
         return runs if R is None else R + runs
     R = like.new_zeros(like.shape) if R is None else R
     return R.index_add(0, credit.site, runs.expand((runs.shape[0],) + R.shape[1:]).to(R.dtype))

@@ -68,14 +68,15 @@ def is_inplace(func, kwargs):
     try:
         return _WRITES_BY_NAME[func]
     except KeyError:
-        name = _name(func)
-        by_name = _WRITES_BY_NAME[func] = name in _INPLACE_DUNDERS or (
-            name.endswith("_") and not name.startswith("_") and name not in _NOT_WRITES)
+        by_name = _WRITES_BY_NAME[func] = _writes_by_name(_name(func))
         return by_name
-    except TypeError:   # an unhashable callable: decide by its name every time
-        name = _name(func)
-        return name in _INPLACE_DUNDERS or (
-            name.endswith("_") and not name.startswith("_") and name not in _NOT_WRITES)
+    except TypeError:   # an unhashable callable: decided by its name every time
+        return _writes_by_name(_name(func))
+
+
+def _writes_by_name(name):
+    return name in _INPLACE_DUNDERS or (
+        name.endswith("_") and not name.startswith("_") and name not in _NOT_WRITES)
 
 
 def _written(func, args, kwargs):

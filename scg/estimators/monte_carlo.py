@@ -139,9 +139,9 @@ def _pathwise(per_cost, tensors, zeros):
 
 def _score_parts(sites, plan, tensors, C, baseline, update):
     """Per site group i: ``(i, lp, w, regressions)``, its log-probabilities ``[n, *batch]``,
-    their detached weights ``w = kappa_s (R_s - b_s)`` (None: nothing credited) and its
-    baseline's critic regressions ``[(coagent, r)]`` (or None). Evaluated at once, in group
-    order (a baseline learns from each group as it goes)."""
+    their detached weights ``w = kappa_s (R_s - b_s)`` (zeros where nothing is credited) and
+    its baseline's critic regressions ``[(coagent, r)]`` (or None). Evaluated at once, in
+    group order (a baseline learns from each group as it goes)."""
     parts, sums = [], {}   # suffix sums per (cost group, reduction), shared by site groups
     for i, g in enumerate(plan.sites):
         lp = group_log_prob([sites[k] for k in g.index])
@@ -172,11 +172,11 @@ def _total(xs):
     return total
 
 
-def _zero_valued(x, w, dims):
-    """``sum(x * w)`` over all but ``dims`` (all, for ``()``) with value zero and its gradient:
-    a score term (``w`` its weights) or a critic's regression (``w`` None)."""
+def _zero_valued(x, w=None, per_site=False):
+    """``sum(x * w)`` (per site: over all but dim 0) with value zero and its gradient: a score
+    term (``w`` its weights) or a critic's regression (``w`` None)."""
     t = x if w is None else x * w
-    t = t.sum() if dims == () else t.reshape(t.shape[0], -1).sum(1)
+    t = t.reshape(t.shape[0], -1).sum(1) if per_site else t.sum()
     return t - t.detach()
 
 
@@ -184,10 +184,10 @@ def _per_coagent(parts, plan, tensors, score):
     """The score terms of every site group added into ``score`` (per coagent), less the
     critics' regression terms (minimised) in their coagents' entries."""
     for i, lp, w, regressions in parts:
-        score = score.index_add(0, tensors["site_owner"][i], _zero_valued(lp, w, 1))
+        score = score.index_add(0, tensors["site_owner"][i], _zero_valued(lp, w, per_site=True))
         for coagent, r in regressions or ():
             at = torch.tensor([plan.coagents.index(coagent)], device=r.device)
-            score = score.index_add(0, at, -_zero_valued(r, None, ())[None])   # minimised
+            score = score.index_add(0, at, -_zero_valued(r)[None])   # minimised
     return score
 
 
