@@ -233,14 +233,16 @@ def addressed(to, where):
     return tuple(sorted(set(names)))
 
 
-def point_mass(v):
+def point_mass(v, shape=None):
     """``pyro.distributions.Delta(v, validate_args=False)``, the distribution of a cost's
     site, built without its generic constructor (argument binding, a zero ``log_density`` the
     size of the batch): a cost is a site per step, and this is its largest fixed cost. Its
-    ``log_density`` is a zero scalar, which broadcasts where Delta's has the batch shape."""
+    ``log_density`` is a zero scalar, which broadcasts where Delta's has the batch shape.
+    ``shape``: ``v.shape``, where the caller has read it already."""
     d = object.__new__(dist.Delta)
     d.v, d.log_density = v, v.new_zeros(())
-    d._batch_shape, d._event_shape, d._validate_args = v.shape, torch.Size(), False
+    d._batch_shape = v.shape if shape is None else shape
+    d._event_shape, d._validate_args = torch.Size(), False
     return d
 
 
@@ -256,12 +258,12 @@ def _value_site(name, value, role, coagent=None, to=None):
         value = value.to(torch.get_default_dtype())
     plates = require_run(f"scg.{role}({name!r})").stack_info().plates
     shape = plate_shape(plates)
-    if value.shape != shape and not expands_to(value.shape, shape):
-        raise ScgError(f"{role} {name!r} has shape {tuple(value.shape)}, but its plates imply "
-                       f"batch shape {tuple(shape)}{no_episodes_hint(plates, value.shape)}")
-    fn = point_mass(value.expand(shape) if value.shape != shape else value)
-    sample_site(name, fn, role, coagent, obs=value, scg_value_shape=tuple(value.shape),
-                scg_to=to)
+    vshape = value.shape   # read once: under provenance tracking each read is an operation
+    if vshape != shape and not expands_to(vshape, shape):
+        raise ScgError(f"{role} {name!r} has shape {tuple(vshape)}, but its plates imply "
+                       f"batch shape {tuple(shape)}{no_episodes_hint(plates, vshape)}")
+    fn = point_mass(value.expand(shape), shape) if vshape != shape else point_mass(value, vshape)
+    sample_site(name, fn, role, coagent, obs=value, scg_value_shape=tuple(vshape), scg_to=to)
     return value
 
 

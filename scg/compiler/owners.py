@@ -30,16 +30,22 @@ class Owners:
     cost_owner: dict
 
 
-def find(sites):
-    """The :class:`Owners` of one recorded run."""
-    reach = {}
+def find(sites, scores=None):
+    """The :class:`Owners` of one recorded run. ``scores``: site name -> the site's
+    log-probability at its value already taken in this run (a provenance analysis takes one
+    per message), so it is not computed again where it carries autograd's graph."""
+    reach, seen = {}, {}
     for s in sites:
-        if s.coagent is not None and s.role in ("message", "predict"):
-            lp = s.fn.log_prob(s.value.detach()) if s.role == "message" else \
-                predictor_log_prob(s)
-            reach.setdefault(s.coagent, {}).update(leaves(lp))
-        elif s.coagent is not None:
-            reach.setdefault(s.coagent, {}).update(leaves(s.value))
+        if s.coagent is None:
+            continue
+        if s.role == "message":
+            lp = scores.get(s.name) if scores else None
+            if lp is None or not lp.requires_grad:
+                lp = s.fn.log_prob(s.value.detach())
+        else:
+            lp = predictor_log_prob(s) if s.role == "predict" else s.value
+        # one walk per coagent: a node seen for one of its sites has given its parameters
+        leaves(lp, reach.setdefault(s.coagent, {}), seen.setdefault(s.coagent, set()))
     values = {}
     for s in sites:
         if s.role == "value":
@@ -83,9 +89,12 @@ def _cost_owners(sites, reach):
     return owner
 
 
-def leaves(t):
-    """Parameters (requires-grad leaves) that autograd reaches from ``t``, keyed by id."""
-    out, seen = {}, set()
+def leaves(t, out=None, seen=None):
+    """Parameters (requires-grad leaves) that autograd reaches from ``t``, keyed by id (added
+    to ``out``). ``seen``: autograd nodes already walked, whose parameters ``out`` holds: a
+    coagent's sites share one, so a recurrent history is walked once, not once per step."""
+    out = {} if out is None else out
+    seen = set() if seen is None else seen
     stack = [t.grad_fn] if isinstance(t, torch.Tensor) and t.grad_fn is not None else []
     if isinstance(t, torch.Tensor) and t.requires_grad and t.grad_fn is None:
         out[id(t)] = t

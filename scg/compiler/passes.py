@@ -32,7 +32,10 @@ FLAGS = ("mask", "execute", "reads")  # edge flags kept when rolling: true if an
 
 def owned(g, cost_owner):
     """A new graph in which each unlabelled cost named in ``cost_owner`` has attribute
-    ``owner``: the coagent owning its pathwise gradient (None: no coagent's)."""
+    ``owner``: the coagent owning its pathwise gradient (None: no coagent's). With no such
+    cost, ``g`` itself: nothing changes, and no pass writes into its input."""
+    if not cost_owner:
+        return g
     h = g.copy()
     for c, o in cost_owner.items():
         h.nodes[c]["owner"] = o

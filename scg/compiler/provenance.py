@@ -17,7 +17,6 @@ Python value. An in-place write into a sampled value is an error: its score woul
 value the run did not sample.
 """
 
-import contextlib
 import gc
 import os
 import sys
@@ -35,6 +34,8 @@ from .guards import check_raw_sample
 INPUT = "<inputs>"  # the source of the model's tensor arguments
 PARAMS = "<parameters>"  # the source of every leaf tensor that requires grad (parameters)
 EXTERNAL = frozenset({INPUT, PARAMS})  # sources that are not sites: escapes, not graph nodes
+NONE, ONLY_PARAMS = frozenset(), frozenset({PARAMS})
+Tensor, CONTAINERS = torch.Tensor, (list, tuple, dict)
 
 METADATA = frozenset({
     "__get__", "dim", "ndimension", "size", "numel", "nelement", "__len__", "stride",
@@ -58,32 +59,43 @@ def _name(func):
     return getattr(func, "__name__", "")
 
 
-_WRITES_BY_NAME = {}   # func -> whether its name says it writes in place (read once per func)
-
-
-def is_inplace(func, kwargs):
-    """``x.add_(y)``, ``x += y``, ``x[i] = y``, ``out=x``: ops that write into a tensor."""
-    if kwargs and isinstance(kwargs.get("out"), torch.Tensor):
-        return True
-    try:
-        return _WRITES_BY_NAME[func]
-    except KeyError:
-        by_name = _WRITES_BY_NAME[func] = _writes_by_name(_name(func))
-        return by_name
-    except TypeError:   # an unhashable callable: decided by its name every time
-        return _writes_by_name(_name(func))
-
-
 def _writes_by_name(name):
     return name in _INPLACE_DUNDERS or (
         name.endswith("_") and not name.startswith("_") and name not in _NOT_WRITES)
 
 
-def _written(func, args, kwargs):
-    out = kwargs.get("out")
-    if isinstance(out, torch.Tensor):
-        return out
-    return args[0] if args and isinstance(args[0], torch.Tensor) else None
+# How an operation's output shape can depend on its inputs' values (see _shape_from_data).
+NEVER, ALWAYS, WHERE, GETITEM = range(4)
+
+
+def _shape_kind(func, name):
+    if name in DATA_DEPENDENT_SHAPE:
+        return ALWAYS
+    if func is torch.where:
+        return WHERE
+    return GETITEM if name == "__getitem__" else NEVER
+
+
+def _traits(func):
+    """What the handler needs to know of ``func``, read off its name: whether it writes in
+    place by name, how its output shape may depend on data, whether it is a metadata query,
+    and the name. One tuple per function, computed once: the handler runs for every torch
+    operation of an analysed run."""
+    name = _name(func)
+    return (_writes_by_name(name), _shape_kind(func, name), name in METADATA, name)
+
+
+_TRAITS = {}   # func -> _traits(func)
+
+
+def traits(func):
+    try:
+        return _TRAITS[func]
+    except KeyError:
+        t = _TRAITS[func] = _traits(func)
+        return t
+    except TypeError:   # an unhashable callable: read every time
+        return _traits(func)
 
 
 def _tensors(x, out):
@@ -114,12 +126,16 @@ def _only_tensors(x):
     return False
 
 
-def _shape_from_data(func, args):
+def _shape_from_data(func, args, kind=None):
     """Whether the op's output shape depends on the values of its inputs."""
-    name = _name(func)
-    if name in DATA_DEPENDENT_SHAPE or (func is torch.where and len(args) == 1):
+    kind = traits(func)[1] if kind is None else kind
+    if kind == NEVER:
+        return False
+    if kind == ALWAYS:
         return True
-    if name == "__getitem__" and len(args) > 1:
+    if kind == WHERE:
+        return len(args) == 1
+    if len(args) > 1:   # __getitem__: a boolean mask selects a data-dependent number
         index = args[1] if isinstance(args[1], tuple) else (args[1],)
         return any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8)
                    for i in index)
@@ -190,24 +206,26 @@ def _storage(t):
         return ("id", id(t))
 
 
-@contextlib.contextmanager
-def _quiet(mode):
-    """scg's own bookkeeping inside a run: its operations are not the model's escapes."""
-    mode.quiet += 1
-    try:
-        yield
-    finally:
-        mode.quiet -= 1
+# The mode's own table work (reading a tensor's flags, its storage; an untracked copy) runs
+# with torch-function handling off: its operations skip the handler (a C switch, cheaper than
+# the handler's dispatch). None of them is a factory, so a device context mode is not missed.
+untracked = torch._C.DisableTorchFunction
 
 
-@contextlib.contextmanager
-def _busy(mode):
-    """The mode's own table work: its tensor operations pass through untracked."""
-    mode.busy = True
-    try:
-        yield
-    finally:
-        mode.busy = False
+class _Quiet:
+    """``with mode.hushed:``: scg's own bookkeeping inside a run, whose operations are not the
+    model's escapes (a class, not a generator: it is entered for every site)."""
+
+    __slots__ = ("mode",)
+
+    def __init__(self, mode):
+        self.mode = mode
+
+    def __enter__(self):
+        self.mode.quiet += 1
+
+    def __exit__(self, *exc):
+        self.mode.quiet -= 1
 
 
 class Provenance(TorchFunctionMode):
@@ -229,13 +247,14 @@ class Provenance(TorchFunctionMode):
         super().__init__()
         self.table, self.writes, self.sampled, self.keep = {}, {}, {}, []
         self.escape = escape
-        self.quiet, self.busy = 0, False
+        self.quiet = 0
+        self.hushed = _Quiet(self)
 
     def source(self, tensor, name, sampled=False):
         """Make ``tensor``'s data a source named ``name`` (called from outside the mode). A
         sampled value's provenance is its site alone: what its draw was computed from reaches
         later readers through the site's own parents."""
-        with _busy(self):
+        with untracked():
             k = _storage(tensor)
         old = frozenset() if sampled else self.table.get(id(tensor), frozenset())
         self.table[id(tensor)] = old | {name}
@@ -245,57 +264,89 @@ class Provenance(TorchFunctionMode):
 
     def of(self, x):
         """The union of the provenance of every tensor in ``x`` (called from outside the mode)."""
-        with _busy(self):
+        with untracked():
             return self._of(x)
 
     def plain(self, tensor):
         """An untracked copy of ``tensor`` (what a distribution reads, without the data)."""
-        with _busy(self):
+        with untracked():
             return tensor.clone()
 
     def _of(self, x):
-        prov = frozenset()
-        for t in _tensors(x, []):
-            p = self.table.get(id(t))
-            if p is None and t.requires_grad and t.is_leaf:   # a parameter, first seen
-                p = self.table[id(t)] = frozenset({PARAMS})
-                self.keep.append(t)
-            if p is not None:
+        """The union of the provenance of the tensors in ``x`` (a tensor, or nested lists,
+        tuples and dicts): a shared frozenset where one argument carries it all."""
+        if isinstance(x, Tensor):
+            x = (x,)
+        elif isinstance(x, dict):
+            x = x.values()
+        elif not isinstance(x, (list, tuple)):
+            return NONE
+        table, writes = self.table, self.writes
+        prov = NONE
+        for t in x:
+            if isinstance(t, Tensor):
+                p = table.get(id(t))
+                if p is None and t.requires_grad and t.is_leaf:   # a parameter, first seen
+                    p = table[id(t)] = ONLY_PARAMS
+                    self.keep.append(t)
+                if writes:
+                    w = writes.get(_storage(t))
+                    if w is not None:
+                        p = w if p is None else p | w
+            elif isinstance(t, CONTAINERS):
+                p = self._of(t)
+            else:
+                continue
+            if p and p is not prov:
                 prov = p if not prov else prov | p
-            if self.writes:
-                p = self.writes.get(_storage(t))
-                if p is not None:
-                    prov = prov | p
         return prov
 
     def _mark(self, ret, prov):
-        for t in (ret,) if isinstance(ret, torch.Tensor) else _tensors(ret, []):
-            old = self.table.get(id(t))
-            self.table[id(t)] = prov if old is None else old | prov
+        table = self.table
+        for t in _tensors(ret, []):
+            old = table.get(id(t))
+            table[id(t)] = prov if old is None or old is prov else old | prov
             self.keep.append(t)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if self.busy:
-            return func(*args, **kwargs)
+        try:
+            writes_by_name, shape, metadata, name = _TRAITS[func]
+        except (KeyError, TypeError):
+            writes_by_name, shape, metadata, name = traits(func)
+        table = self.table
         prov = self._of(args)
         if kwargs:
-            prov = prov | self._of(kwargs)
-        target = _written(func, args, kwargs) if is_inplace(func, kwargs) else None
-        k = None if target is None else _storage(target)
+            p = self._of(kwargs)
+            prov = prov | p if prov and p else prov or p
+            target = kwargs.get("out")
+            if not isinstance(target, Tensor):
+                target = args[0] if writes_by_name and args else None
+        else:
+            kwargs = {}
+            target = args[0] if writes_by_name and args else None
+        k = _storage(target) if isinstance(target, Tensor) else None
         if k is not None and k in self.sampled and not self.quiet:
-            raise ScgError(f"in-place write ({_name(func)}) into the sampled value of site "
+            raise ScgError(f"in-place write ({name}) into the sampled value of site "
                            f"{self.sampled[k]!r}: its score term would be taken at a value "
                            "the run did not sample; write into a copy (m = m.clone())")
         ret = func(*args, **kwargs)
         if not prov:
             return ret
-        if not self.quiet and (_shape_from_data(func, args) or not (
-                isinstance(ret, torch.Tensor) or _only_tensors(ret) or _name(func) in METADATA)):
-            self.escape(prov, _name(func))
-        self._mark(ret, prov)
+        if isinstance(ret, Tensor):   # the common case: one tensor returned
+            if shape and not self.quiet and _shape_from_data(func, args, shape):
+                self.escape(prov, name)
+            old = table.get(id(ret))
+            table[id(ret)] = prov if old is None or old is prov else old | prov
+            self.keep.append(ret)
+        elif not metadata:
+            if not self.quiet and (shape and _shape_from_data(func, args, shape)
+                                   or not _only_tensors(ret)):
+                self.escape(prov, name)
+            self._mark(ret, prov)
+        elif isinstance(ret, CONTAINERS) and type(ret) is not torch.Size:
+            self._mark(ret, prov)   # a metadata query's tensors (a shape is none)
         if k is not None:   # pin the storage: its address must not be reused during the run
-            self.writes[k] = self.writes.get(k, frozenset()) | prov
+            self.writes[k] = self.writes.get(k, NONE) | prov
             self.keep.append(target)
         return ret
 
@@ -322,6 +373,9 @@ class Analysis(Recorder):
     (sites, :data:`INPUT` when a model argument's value did, :data:`PARAMS` when a
     parameter's did: then the wiring may change as the parameters are trained).
 
+    ``scores[name]``: a message's log-probability at its value, taken for its provenance; in
+    a fresh run (not a replay) :func:`scg.compiler.owners.find` reuses it.
+
     ``replay`` (site name -> value) replays a recorded run; without it the run samples afresh.
     ``inputs`` are the model's arguments: their tensors are the source :data:`INPUT`.
     """
@@ -333,7 +387,7 @@ class Analysis(Recorder):
         self.replay = replay or {}
         self.inputs = inputs
         self.parents, self.masks, self.bits, self.reads = {}, {}, {}, {}
-        self.escaped, self.worlds = set(), {}
+        self.escaped, self.worlds, self.scores = set(), {}, {}
         self.world, self.world_read, self.time = None, False, 0
         self.mode = Provenance(self.on_escape)
 
@@ -397,18 +451,34 @@ class Analysis(Recorder):
 
     def _postprocess_message(self, msg):
         if msg["type"] == "sample" and "scg_role" not in msg["infer"]:
-            with _quiet(self.mode):
+            with self.mode.hushed:
                 check_raw_sample(msg)
         super()._postprocess_message(msg)   # an scg site: record_site
+
+    def log_prob(self, msg):
+        """The site's log-probability at an untracked copy of its value: its provenance is
+        what the distribution read. A site's own draw lies in the support and is not
+        validated again; other values (replayed, observed) are the emitter's to name."""
+        fn, value = msg["fn"], self.mode.plain(msg["value"])
+        if msg.get("scg_sampled", False) and fn._validate_args:
+            fn._validate_args = False   # for this call only
+            try:
+                return fn.log_prob(value)
+            finally:
+                fn._validate_args = True
+        with pyro.validation_enabled(False):
+            return fn.log_prob(value)
 
     def record_site(self, msg):
         """Record the site and what it was computed from (Pyro's path and the fast path)."""
         super().record_site(msg)
         infer = msg["infer"]
-        with _quiet(self.mode):
+        with self.mode.hushed:
             if infer["scg_role"] in ("message", "env", "predict"):
-                with pyro.validation_enabled(False):   # bad values are the emitter's to name
-                    reads = self.mode.of(msg["fn"].log_prob(self.mode.plain(msg["value"])))
+                lp = self.log_prob(msg)
+                reads = self.mode.of(lp)
+                if infer["scg_role"] == "message" and not self.replay:
+                    self.scores[msg["name"]] = lp   # owners.find's, in a fresh run
                 prov = reads | (self.mode.of(msg["value"]) if infer["scg_role"] == "predict"
                                 else frozenset())
             else:

@@ -334,7 +334,7 @@ class Estimator(torch.nn.Module):
 
     def analyse(self, sites, analysis):
         """The plan of one analysed run: graph, passes, plan. Meets the run's parameters."""
-        found = owners.find(sites)
+        found = owners.find(sites, analysis.scores)
         self.coagent_parameters.add(found)
         g = build_graph(sites, analysis.parents, analysis.masks, analysis.bits,
                         analysis.reads, analysis.worlds)
