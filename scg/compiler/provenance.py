@@ -469,6 +469,11 @@ class Analysis(Recorder):
         with pyro.validation_enabled(False):
             return fn.log_prob(value)
 
+    @staticmethod
+    def site(msg):
+        with untracked():   # the record's reads (the value's version) are not the model's
+            return Recorder.site(msg)
+
     def record_site(self, msg):
         """Record the site and what it was computed from (Pyro's path and the fast path)."""
         super().record_site(msg)
