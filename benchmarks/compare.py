@@ -9,9 +9,10 @@ Each revision is checked out in a temporary ``git worktree`` (the working tree i
 alternating, so that drift in the machine's speed falls on both. The table gives each
 figure's median over the rounds: per-iteration ratios to the hand-written torch loss measured
 in the same process (chain of 10, layer of 300 units, the online td step, the LOLA-DiCE
-update against the vectorised and the per-step references), and the seconds of
+update against the vectorised and the per-step references), the seconds of
 ``scg.check(method="enumerate")`` on the asynchronous ``async_bit`` network (576 joint
-values, one torch thread, ``SCG_VERIFY=0``). Both revisions must have the workloads this
+values, one torch thread, ``SCG_VERIFY=0``), and a fresh estimator's first call on the
+depth-1,000 chain as a ratio to its steady call. Both revisions must have the workloads this
 script reads (``benchmarks/workloads.py``, ``benchmarks/dice.py``, ``tests/networks.py``).
 """
 
@@ -28,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 ROWS = [("chain10", "chain of 10, ratio"), ("layer300", "layer of 300 units, ratio"),
         ("online", "online td step, ratio"), ("dice", "LOLA-DiCE vs vectorised, ratio"),
-        ("dice_step", "LOLA-DiCE vs per-step, ratio"), ("check_s", "check async_bit (s)")]
+        ("dice_step", "LOLA-DiCE vs per-step, ratio"), ("check_s", "check async_bit (s)"),
+        ("first1000", "first call / steady, depth 1,000")]
 
 
 def one_round(root):
@@ -61,7 +63,23 @@ def one_round(root):
     t = time.perf_counter()
     scg.check(model, *args, est=est, method="enumerate")
     out["check_s"] = time.perf_counter() - t
+    out["first1000"] = first_call(Chain(1000, B=8))
     return out
+
+
+def first_call(work):
+    """A fresh estimator's first call (trace under provenance tracking, analysis, emission,
+    backward) as a ratio to its steady call, the median of three."""
+    import gc
+    import time
+
+    def timed():
+        t = time.perf_counter()
+        work.scg_iteration()
+        return time.perf_counter() - t
+    gc.collect()
+    first = timed()
+    return first / statistics.median(timed() for _ in range(3))
 
 
 def tree(rev, tmp):
